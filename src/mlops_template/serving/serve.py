@@ -1,0 +1,118 @@
+"""Start the Seldon microservice for the model in this directory, and stop all of it on SIGTERM.
+
+The image's entry point and `make serve` both run this file with the serving environment's
+Python. Extra arguments go to `seldon-core-microservice` (for example `--http-port 9100`).
+It exists because the microservice's gRPC and metrics processes ignore a SIGTERM sent to the
+main process only, which would leave a pod or a terminal hanging until SIGKILL.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+# Sensible for small scikit-learn models: prediction holds the GIL, so processes (workers) give
+# parallelism and a few threads per worker only overlap network waits. One worker per core.
+DEFAULTS = {
+    "GUNICORN_WORKERS": "2",
+    "GUNICORN_THREADS": "4",
+    "GRPC_WORKERS": "1",
+    "GRPC_THREADS": "4",
+    # Seldon's environment variable names for the three ports; overridable like everything here.
+    "PREDICTIVE_UNIT_HTTP_SERVICE_PORT": "9000",
+    "PREDICTIVE_UNIT_GRPC_SERVICE_PORT": "5000",
+    "PREDICTIVE_UNIT_METRICS_SERVICE_PORT": "6000",
+}
+SHUTDOWN_GRACE_SECONDS = 20.0
+
+logger = logging.getLogger("serve")
+
+
+def microservice_command(extra_args: list[str]) -> list[str]:
+    """The `seldon-core-microservice` command line, taken from this interpreter's environment."""
+    beside_python = Path(sys.executable).parent / "seldon-core-microservice"
+    program = shutil.which("seldon-core-microservice")
+    if beside_python.exists():
+        program = str(beside_python)
+    if program is None:
+        raise SystemExit("seldon-core-microservice not found: use the serving environment's python")
+    return [program, "Model", "--service-type", "MODEL", *extra_args]
+
+
+def reap_children() -> None:
+    """Collect exited children; as PID 1 in a container the microservice's orphans become ours."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def stop_group(group: int, grace_seconds: float) -> None:
+    """SIGTERM every process of the microservice, then SIGKILL what is left after the grace time."""
+    try:
+        os.killpg(group, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline:
+        reap_children()
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    logger.warning("processes still running after %.0f s; sending SIGKILL", grace_seconds)
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    reap_children()
+
+
+def main(argv: list[str]) -> int:
+    """Run the microservice until it exits or a SIGTERM/SIGINT arrives; return its exit code."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s: %(message)s"
+    )
+    environment = {**DEFAULTS, **os.environ}
+    grace_seconds = float(environment.get("SHUTDOWN_GRACE_SECONDS", SHUTDOWN_GRACE_SECONDS))
+    command = microservice_command(argv)
+    logger.info(
+        "starting %s with %s workers x %s threads",
+        " ".join(command[1:]),
+        environment["GUNICORN_WORKERS"],
+        environment["GUNICORN_THREADS"],
+    )
+    # A session of its own, so one killpg reaches gunicorn, its workers, gRPC and metrics.
+    child = subprocess.Popen(command, cwd=PACKAGE_DIR, env=environment, start_new_session=True)
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        logger.info("received %s; stopping the microservice", signal.Signals(signum).name)
+        stop_group(child.pid, grace_seconds)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    code = child.wait()
+    # The main process may exit on its own (a failed start); never leave its children behind.
+    stop_group(child.pid, grace_seconds)
+    if stopping:
+        return 0
+    return code if code >= 0 else 128 - code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
