@@ -1,0 +1,1 @@
+"""Reproducible training, reporting and Seldon serving for tabular classification."""

@@ -1,0 +1,53 @@
+"""The `mlops` command: one sub-command per module, imported only when it runs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from mlops_template.errors import UserError
+
+# name -> (module, one-line help). Each module defines add_arguments(parser) and run(args) -> int.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "process": ("mlops_template.stages.process", "validate the raw CSV and split it"),
+    "train": ("mlops_template.stages.train", "fit, evaluate, plot and log to MLflow"),
+    "package": ("mlops_template.stages.package", "assemble the Seldon serving package"),
+    "deploy": ("mlops_template.deploy", "apply a SeldonDeployment, smoke-test it, roll back"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one sub-command; user errors become one line on stderr and exit code 2."""
+    argv = sys.argv[1:] if argv is None else argv
+    # Only the chosen command's module is imported, so `mlops process` never pays for mlflow.
+    chosen = next((arg for arg in argv if arg in COMMANDS), None)
+    names = [chosen] if chosen else list(COMMANDS)
+    parser = argparse.ArgumentParser(prog="mlops", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    modules = {}
+    for name in COMMANDS:
+        module_name, help_text = COMMANDS[name]
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        if name in names:
+            modules[name] = importlib.import_module(module_name)
+            modules[name].add_arguments(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return modules[args.command].run(args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Build the scikit-learn Pipeline: preprocessing for raw columns, then the chosen estimator."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from mlops_template.dataset import CATEGORICAL, NUMERIC, feature_names
+from mlops_template.errors import UserError
+from mlops_template.params import ESTIMATORS, TrainParams
+
+if TYPE_CHECKING:
+    from sklearn.base import ClassifierMixin
+    from sklearn.pipeline import Pipeline
+
+
+def build_estimator(params: TrainParams) -> ClassifierMixin:
+    """Instantiate the estimator and check every hyperparameter before anything is fitted."""
+    module_name, class_name = ESTIMATORS[params.model].split(":")
+    estimator_class = getattr(importlib.import_module(module_name), class_name)
+    estimator = estimator_class()
+    valid = estimator.get_params()
+    prefix = f"params.yaml: train.{params.model}"
+    for name in params.hyperparameters:
+        if name not in valid:
+            raise UserError(
+                f"{prefix}.{name}: not a hyperparameter of {class_name} "
+                f"(valid: {', '.join(sorted(valid))})"
+            )
+    settings: dict[str, Any] = dict(params.hyperparameters)
+    if "random_state" in valid:
+        settings.setdefault("random_state", params.random_state)
+    estimator.set_params(**settings)
+    # scikit-learn checks types and ranges at fit time; ask now so a bad value fails before work.
+    try:
+        estimator._validate_params()
+    except (ValueError, TypeError) as error:
+        raise UserError(f"{prefix}: {error}") from None
+    return estimator
+
+
+def build_pipeline(schema: dict[str, Any], estimator: ClassifierMixin) -> Pipeline:
+    """Preprocessing lives in the saved model, so a served model takes raw feature values."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    numeric = Pipeline(
+        [
+            # keep_empty_features: an all-missing column must not shift the feature count.
+            ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+            ("scale", StandardScaler()),
+        ]
+    )
+    # Missing is its own level; levels never seen in training encode as all zeros.
+    categorical = Pipeline(
+        [
+            ("impute", SimpleImputer(strategy="constant", fill_value="missing")),
+            ("encode", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
+        ]
+    )
+    preprocess = ColumnTransformer(
+        [
+            ("numeric", numeric, feature_names(schema, NUMERIC)),
+            ("categorical", categorical, feature_names(schema, CATEGORICAL)),
+        ],
+        verbose_feature_names_out=False,
+    )
+    return Pipeline([("preprocess", preprocess), ("model", estimator)])

@@ -1,0 +1,134 @@
+"""Read params.yaml once and validate each stage's section into a typed object."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mlops_template.errors import UserError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+# The supported model names and their scikit-learn classes ("module:Class"), imported on use.
+ESTIMATORS: dict[str, str] = {
+    "logistic_regression": "sklearn.linear_model:LogisticRegression",
+    "random_forest": "sklearn.ensemble:RandomForestClassifier",
+    "hist_gradient_boosting": "sklearn.ensemble:HistGradientBoostingClassifier",
+    "decision_tree": "sklearn.tree:DecisionTreeClassifier",
+}
+
+
+@dataclass(frozen=True)
+class DataParams:
+    """Where the raw data is and which column to predict."""
+
+    csv: str
+    target: str
+
+
+@dataclass(frozen=True)
+class ProcessParams:
+    """How the rows are split into train and test."""
+
+    test_size: float
+    random_state: int
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Which estimator to fit, with which hyperparameters."""
+
+    model: str
+    random_state: int
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PackageParams:
+    """Limits written into the serving package."""
+
+    max_batch_rows: int
+
+
+def load_params(path: Path = DEFAULT_PARAMS) -> dict[str, Any]:
+    """Read params.yaml as a mapping, with a clear error when it is missing or not YAML."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise UserError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of sections at the top level")
+    return raw
+
+
+def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    value = raw.get(name)
+    if not isinstance(value, dict):
+        raise UserError(f"params.yaml: section '{name}' is missing or not a mapping")
+    return value
+
+
+def _get(section: dict[str, Any], prefix: str, key: str, kind: type | tuple[type, ...]) -> Any:
+    if key not in section:
+        raise UserError(f"params.yaml: {prefix}.{key} is missing")
+    value = section[key]
+    # bool is an int in Python; a flag where a number is expected is a mistake worth naming.
+    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise UserError(f"params.yaml: {prefix}.{key} must be {names}, got {value!r}")
+    return value
+
+
+def data_params(raw: dict[str, Any]) -> DataParams:
+    """Validate the `data` section."""
+    section = _section(raw, "data")
+    csv = _get(section, "data", "csv", str)
+    target = _get(section, "data", "target", str)
+    if not target.strip():
+        raise UserError("params.yaml: data.target must name a column")
+    return DataParams(csv=csv, target=target)
+
+
+def process_params(raw: dict[str, Any]) -> ProcessParams:
+    """Validate the `process` section."""
+    section = _section(raw, "process")
+    test_size = _get(section, "process", "test_size", (int, float))
+    if not (0 < test_size < 1) or math.isnan(test_size):
+        raise UserError(f"params.yaml: process.test_size must be between 0 and 1, got {test_size}")
+    random_state = _get(section, "process", "random_state", int)
+    return ProcessParams(test_size=float(test_size), random_state=random_state)
+
+
+def train_params(raw: dict[str, Any]) -> TrainParams:
+    """Validate the `train` section; hyperparameters are checked against the estimator later."""
+    section = _section(raw, "train")
+    model = _get(section, "train", "model", str)
+    if model not in ESTIMATORS:
+        raise UserError(
+            f"params.yaml: train.model '{model}' is not supported; choose one of "
+            + ", ".join(ESTIMATORS)
+        )
+    random_state = _get(section, "train", "random_state", int)
+    hyperparameters = section.get(model) or {}
+    if not isinstance(hyperparameters, dict):
+        raise UserError(f"params.yaml: train.{model} must be a mapping of hyperparameters")
+    return TrainParams(model=model, random_state=random_state, hyperparameters=hyperparameters)
+
+
+def package_params(raw: dict[str, Any]) -> PackageParams:
+    """Validate the `package` section."""
+    section = _section(raw, "package")
+    max_batch_rows = _get(section, "package", "max_batch_rows", int)
+    if max_batch_rows < 1:
+        raise UserError(
+            f"params.yaml: package.max_batch_rows must be at least 1, got {max_batch_rows}"
+        )
+    return PackageParams(max_batch_rows=max_batch_rows)

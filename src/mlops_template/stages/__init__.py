@@ -1,0 +1,1 @@
+"""Pipeline stages, one module each, invoked by dvc.yaml through the `mlops` command."""
