@@ -32,3 +32,32 @@ $(SERVE_VENV)/.synced: requirements/serve.lock | $(BIN)/uv
 
 .PHONY: setup
 setup: $(VENV)/.synced $(SERVE_VENV)/.synced ## Create .venv (training, tools) and .venv-serve (serving) from the lock files
+
+# What the GitHub workflows run (docs/workflows.md); each works the same on a laptop.
+MANIFEST ?= build/seldon-deployment.yaml
+BASE ?= main
+
+.PHONY: lint
+lint: $(VENV)/.synced ## Lint: ruff, actionlint with shellcheck, shellcheck scripts/, zizmor, hadolint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/actionlint -shellcheck $(BIN)/shellcheck
+	$(BIN)/shellcheck scripts/*.sh
+	$(BIN)/zizmor --offline --no-progress .github/workflows
+	$(BIN)/hadolint Dockerfile
+
+.PHONY: pull
+pull: $(VENV)/.synced ## dvc pull from the default DVC remote (says why and skips when there is none)
+	DVC=$(BIN)/dvc scripts/dvc-remote.sh pull
+
+.PHONY: push-data
+push-data: $(VENV)/.synced ## dvc push to the default DVC remote (says why and skips when there is none)
+	DVC=$(BIN)/dvc scripts/dvc-remote.sh push
+
+.PHONY: report
+report: $(VENV)/.synced ## Write report.md: params, metrics and plots against BASE (default: main)
+	$(BIN)/mlops report --base $(BASE) --out report.md
+
+.PHONY: deploy
+deploy: $(VENV)/.synced ## kubectl-apply MANIFEST, wait, smoke-test, roll back on failure (DRY_RUN=true: validate only)
+	$(BIN)/mlops deploy --manifest $(MANIFEST) $(if $(filter true,$(DRY_RUN)),--dry-run) $(if $(KUBECONFIG_ENV),--kubeconfig-env $(KUBECONFIG_ENV))
