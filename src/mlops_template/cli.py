@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "process": ("mlops_template.stages.process", "validate the raw CSV and split it"),
     "train": ("mlops_template.stages.train", "fit, evaluate, plot and log to MLflow"),
     "package": ("mlops_template.stages.package", "assemble the Seldon serving package"),
+    "manifest": ("mlops_template.manifest", "render the SeldonDeployment for a serving image"),
     "deploy": ("mlops_template.deploy", "apply a SeldonDeployment, smoke-test it, roll back"),
 }
 

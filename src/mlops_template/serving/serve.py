@@ -26,10 +26,6 @@ DEFAULTS = {
     "GUNICORN_THREADS": "4",
     "GRPC_WORKERS": "1",
     "GRPC_THREADS": "4",
-    # Seldon's environment variable names for the three ports; overridable like everything here.
-    "PREDICTIVE_UNIT_HTTP_SERVICE_PORT": "9000",
-    "PREDICTIVE_UNIT_GRPC_SERVICE_PORT": "5000",
-    "PREDICTIVE_UNIT_METRICS_SERVICE_PORT": "6000",
 }
 SHUTDOWN_GRACE_SECONDS = 20.0
 

@@ -1,0 +1,280 @@
+"""`mlops manifest`: render the Seldon Core v1 SeldonDeployment that runs the serving image.
+
+`render_seldon_deployment` is a pure function (arguments in, a dict out) called by this command,
+by the package stage and, through the command, by the deploy workflow. Every argument is checked
+before anything is rendered, so a bad value is one clear message and no file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from mlops_template.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+API_VERSION = "machinelearning.seldon.io/v1"
+KIND = "SeldonDeployment"
+CONTAINER = "classifier"
+PREDICTOR = "default"
+DEFAULT_PACKAGE = Path("models/serving")
+# Ports the operator gives the model container (it sets PREDICTIVE_UNIT_*_PORT to match).
+HTTP_PORT_NAME = "http"
+TERMINATION_GRACE_SECONDS = 30  # above the entry point's 20 s wait before it SIGKILLs
+
+# Kubernetes object names and namespaces: RFC 1123 labels.
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# A container image reference: [registry[:port]/]path[:tag][@sha256:digest], lowercase path.
+PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE_REFERENCE = re.compile(
+    rf"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?{PATH_COMPONENT}(?:/{PATH_COMPONENT})*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
+# A Kubernetes resource quantity as people write them: 500m, 1, 1.5, 512Mi, 1Gi.
+QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
+
+
+def check_dns_label(value: str, what: str) -> None:
+    """Raise UserError unless `value` can name a Kubernetes object (RFC 1123 label)."""
+    if not value:
+        raise UserError(f"{what} must not be empty")
+    if len(value) > 63 or not DNS_LABEL.match(value):
+        raise UserError(
+            f"{what} {value!r} is not a valid Kubernetes name: use at most 63 lowercase letters, "
+            "digits and '-', starting and ending with a letter or digit"
+        )
+
+
+def check_image(image: str) -> None:
+    """Raise UserError unless `image` is a usable image reference."""
+    if not image or not image.strip():
+        raise UserError("image must not be empty: pass --image REGISTRY/NAME:TAG")
+    if not IMAGE_REFERENCE.match(image):
+        raise UserError(
+            f"image {image!r} is not a valid image reference: expected "
+            "[REGISTRY/]NAME[:TAG][@sha256:DIGEST] with a lowercase NAME and no spaces"
+        )
+
+
+def check_quantity(value: str, what: str) -> None:
+    """Raise UserError unless `value` is a Kubernetes quantity such as 500m or 512Mi."""
+    if not QUANTITY.match(value) or float(re.sub(r"[A-Za-z]+$", "", value)) <= 0:
+        raise UserError(
+            f"{what} {value!r} is not a positive Kubernetes quantity (e.g. 500m, 1, 512Mi)"
+        )
+
+
+def check_at_least(value: int, minimum: int, what: str) -> None:
+    """Raise UserError unless `value` is an int of at least `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UserError(f"{what} must be a whole number of at least {minimum}, got {value!r}")
+
+
+def render_seldon_deployment(
+    image: str,
+    name: str = "classifier",
+    namespace: str = "default",
+    replicas: int = 2,
+    max_replicas: int = 4,
+    cpu_request: str = "1",
+    cpu_limit: str = "2",
+    memory_request: str = "512Mi",
+    memory_limit: str = "1Gi",
+    target_cpu_utilization: int = 70,
+    workers: int = 2,
+    threads: int = 4,
+    model_sha256: str | None = None,
+    git_commit: str | None = None,
+    max_batch_rows: int | None = None,
+) -> dict[str, Any]:
+    """Build a SeldonDeployment (v1) for the serving image; raise UserError on a bad argument."""
+    check_image(image)
+    check_dns_label(name, "name")
+    check_dns_label(namespace, "namespace")
+    check_at_least(replicas, 1, "replicas")
+    check_at_least(max_replicas, replicas, "max_replicas (the HPA's ceiling, >= replicas)")
+    check_at_least(target_cpu_utilization, 1, "target_cpu_utilization")
+    check_at_least(workers, 1, "workers")
+    check_at_least(threads, 1, "threads")
+    for value, what in (
+        (cpu_request, "cpu_request"),
+        (cpu_limit, "cpu_limit"),
+        (memory_request, "memory_request"),
+        (memory_limit, "memory_limit"),
+    ):
+        check_quantity(value, what)
+    if max_batch_rows is not None:
+        check_at_least(max_batch_rows, 1, "max_batch_rows")
+
+    labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "mlops-template"}
+    annotations = {}
+    if model_sha256:
+        labels["app.kubernetes.io/version"] = model_sha256[:12]
+        annotations["mlops-template/model-sha256"] = model_sha256
+    if git_commit:
+        annotations["mlops-template/git-commit"] = git_commit
+    container = {
+        "name": CONTAINER,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "env": [
+            {"name": "GUNICORN_WORKERS", "value": str(workers)},
+            {"name": "GUNICORN_THREADS", "value": str(threads)},
+        ],
+        "resources": {
+            "requests": {"cpu": cpu_request, "memory": memory_request},
+            "limits": {"cpu": cpu_limit, "memory": memory_limit},
+        },
+        # Ready only once a prediction works (/health/status runs the model on one row);
+        # alive as long as the web server answers at all.
+        "readinessProbe": {
+            "httpGet": {"path": "/health/status", "port": HTTP_PORT_NAME},
+            "initialDelaySeconds": 5,
+            "periodSeconds": 5,
+            "timeoutSeconds": 3,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/health/ping", "port": HTTP_PORT_NAME},
+            "initialDelaySeconds": 30,
+            "periodSeconds": 10,
+            "timeoutSeconds": 3,
+            "failureThreshold": 3,
+        },
+        "securityContext": {
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    graph: dict[str, Any] = {"name": CONTAINER, "type": "MODEL", "endpoint": {"type": "REST"}}
+    if max_batch_rows is not None:
+        # Passed to Model(max_batch_rows=...) by the microservice.
+        graph["parameters"] = [
+            {"name": "max_batch_rows", "type": "INT", "value": str(max_batch_rows)}
+        ]
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(labels)}
+    if annotations:
+        metadata["annotations"] = annotations
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": metadata,
+        "spec": {
+            "protocol": "seldon",
+            "predictors": [
+                {
+                    "name": PREDICTOR,
+                    "replicas": replicas,
+                    "labels": dict(labels),  # a copy, or YAML prints an anchor
+                    "componentSpecs": [
+                        {
+                            "spec": {
+                                "containers": [container],
+                                "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+                            },
+                            "hpaSpec": {
+                                "minReplicas": replicas,
+                                "maxReplicas": max_replicas,
+                                "metricsv2": [
+                                    {
+                                        "type": "Resource",
+                                        "resource": {
+                                            "name": "cpu",
+                                            "target": {
+                                                "type": "Utilization",
+                                                "averageUtilization": target_cpu_utilization,
+                                            },
+                                        },
+                                    }
+                                ],
+                            },
+                        }
+                    ],
+                    "graph": graph,
+                }
+            ],
+        },
+    }
+
+
+def to_yaml(manifest: dict[str, Any]) -> str:
+    """The manifest as YAML, keys in the order Kubernetes documentation uses."""
+    import yaml
+
+    return yaml.safe_dump(manifest, sort_keys=False, default_flow_style=False)
+
+
+def package_metadata(package_dir: Path) -> dict[str, Any]:
+    """metadata.json of a serving package (model sha256, git commit, batch limit)."""
+    path = package_dir / "metadata.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(
+            f"{path} not found: run the pipeline (dvc repro) or pass --package DIR"
+        ) from None
+    except ValueError as error:
+        raise UserError(f"{path} is not valid JSON: {error}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the command's options."""
+    parser.add_argument("--image", required=True, help="image reference, e.g. ghcr.io/ORG/REPO:TAG")
+    parser.add_argument("--name", default="classifier", help="SeldonDeployment name")
+    parser.add_argument("--namespace", default="default", help="Kubernetes namespace")
+    parser.add_argument("--replicas", type=int, default=2, help="replicas (the HPA's minimum)")
+    parser.add_argument("--max-replicas", type=int, default=4, help="the HPA's maximum")
+    parser.add_argument("--cpu-request", default="1")
+    parser.add_argument("--cpu-limit", default="2")
+    parser.add_argument("--memory-request", default="512Mi")
+    parser.add_argument("--memory-limit", default="1Gi")
+    parser.add_argument(
+        "--target-cpu-utilization", type=int, default=70, help="HPA target, percent of request"
+    )
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers per pod")
+    parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
+    parser.add_argument(
+        "--package",
+        type=Path,
+        default=DEFAULT_PACKAGE,
+        help="serving package whose model sha256, git commit and batch limit are recorded",
+    )
+    parser.add_argument("--out", type=Path, help="file to write (default: standard output)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point for `mlops manifest`."""
+    from mlops_template.files import write_text
+
+    metadata = package_metadata(args.package)
+    manifest = render_seldon_deployment(
+        image=args.image,
+        name=args.name,
+        namespace=args.namespace,
+        replicas=args.replicas,
+        max_replicas=args.max_replicas,
+        cpu_request=args.cpu_request,
+        cpu_limit=args.cpu_limit,
+        memory_request=args.memory_request,
+        memory_limit=args.memory_limit,
+        target_cpu_utilization=args.target_cpu_utilization,
+        workers=args.workers,
+        threads=args.threads,
+        model_sha256=metadata.get("model_sha256"),
+        git_commit=metadata.get("git_commit"),
+        max_batch_rows=metadata.get("max_batch_rows"),
+    )
+    text = to_yaml(manifest)
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        write_text(args.out, text)
+        logger.info("wrote %s/%s for %s to %s", KIND, args.name, args.image, args.out)
+    return 0
