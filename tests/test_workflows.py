@@ -1,0 +1,279 @@
+"""The GitHub workflows: linters report nothing, and the properties a user relies on hold.
+
+GitHub itself cannot run here, so these tests read the workflow files: every action pinned to a
+commit, least-privilege permissions, time limits, no `pull_request_target`, no secrets for forks,
+and every `run:` step a Make target that exists (so CI does what `make` does on a laptop).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS = ROOT / ".github" / "workflows"
+BIN = Path(sys.executable).parent
+NAMES = ("ci", "pr-report", "build-push", "deploy")
+# `owner/repo[/path]@<40 hex> # vX.Y.Z`: immutable, with the human-readable version beside it.
+PINNED = re.compile(r"uses: [\w.-]+/[\w./-]+@[0-9a-f]{40} # v\d+\.\d+\.\d+$")
+LOCAL = re.compile(r"uses: \$/\.github/workflows/[\w-]+\.yml$")
+# `run:` steps that are not Make targets, each for a reason a test below or the docs explain.
+OTHER_RUN_STEPS = {
+    'cat report.md >> "$GITHUB_STEP_SUMMARY"',
+    "npx --yes @dvcorg/cml@0.20.6 comment update --target=pr "
+    '--watermark-title="Model report" report.md',
+    'scripts/smoke-test-image.sh "$IMAGE"',
+    'scripts/image-summary.sh "$IMAGE" "$DIGEST" >> "$GITHUB_STEP_SUMMARY"',
+    '.venv/bin/mlops manifest --image "$IMAGE" --namespace "$NAMESPACE" '
+    '--replicas "$REPLICAS" --out build/seldon-deployment.yaml',
+}
+SAME_REPOSITORY = "github.event.pull_request.head.repo.full_name == github.repository"
+
+
+def tool(name: str) -> str:
+    """Path of a linter installed in this environment by `make setup`."""
+    path = BIN / name
+    assert path.exists(), f"{name} missing from {BIN}: run `make setup`"
+    return str(path)
+
+
+def run(*command: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """Run a linter and return it finished."""
+    return subprocess.run(
+        command, cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def load(name: str) -> dict[str, Any]:
+    """One workflow as data; YAML 1.1 reads the `on:` key as True, so put it back."""
+    data = yaml.safe_load((WORKFLOWS / f"{name}.yml").read_text())
+    data["on"] = data.pop(True)
+    return data
+
+
+def workflow_steps(name: str) -> list[tuple[str, dict[str, Any]]]:
+    """(job id, step) for every step in a workflow."""
+    return [
+        (job_id, step)
+        for job_id, job in load(name)["jobs"].items()
+        for step in job.get("steps", [])
+    ]
+
+
+def test_the_four_workflows_exist_and_nothing_else() -> None:
+    assert sorted(path.stem for path in WORKFLOWS.glob("*.y*ml")) == sorted(NAMES)
+
+
+# --- linters -------------------------------------------------------------------------------
+
+
+def test_actionlint_with_shellcheck_finds_nothing() -> None:
+    done = run(tool("actionlint"), "-shellcheck", tool("shellcheck"), "-no-color")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout == ""
+
+
+def test_actionlint_really_runs_shellcheck(tmp_path: Path) -> None:
+    # Without this, a missing shellcheck would make the test above pass silently.
+    bad = tmp_path / "bad.yml"
+    bad.write_text(
+        "on: push\njobs:\n  a:\n    runs-on: ubuntu-24.04\n    steps:\n      - run: echo $HOME\n"
+    )
+    done = run(tool("actionlint"), "-shellcheck", tool("shellcheck"), "-no-color", str(bad))
+    assert done.returncode == 1
+    assert "SC2086" in done.stdout
+
+
+def test_zizmor_offline_finds_nothing() -> None:
+    done = run(tool("zizmor"), "--offline", "--no-progress", str(WORKFLOWS))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "No findings to report" in done.stdout
+
+
+def test_zizmor_flags_an_unsafe_workflow(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text(
+        "on: pull_request_target\npermissions: {}\njobs:\n  a:\n    runs-on: ubuntu-24.04\n"
+        "    permissions: {}\n    steps:\n      - uses: actions/checkout@v5\n"
+        "        with:\n          ref: ${{ github.event.pull_request.head.sha }}\n"
+    )
+    done = run(tool("zizmor"), "--offline", "--no-progress", str(bad))
+    assert done.returncode != 0
+    assert "dangerous-triggers" in done.stdout
+
+
+def test_shell_scripts_pass_shellcheck() -> None:
+    scripts = sorted(str(path) for path in (ROOT / "scripts").glob("*.sh"))
+    assert scripts
+    done = run(tool("shellcheck"), *scripts)
+    assert done.returncode == 0, done.stdout
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    dockerfile = ROOT / "Dockerfile"
+    assert dockerfile.exists(), "the image is built from ./Dockerfile"
+    done = run(tool("hadolint"), str(dockerfile))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+# --- properties a user relies on -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_action_is_pinned_to_a_commit_with_its_version(name: str) -> None:
+    lines = [
+        line.strip().removeprefix("- ")
+        for line in (WORKFLOWS / f"{name}.yml").read_text().splitlines()
+        if re.match(r"\s*(- )?uses:", line)
+    ]
+    assert lines
+    for line in lines:
+        assert PINNED.match(line) or LOCAL.match(line), line
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_permissions_are_empty_at_the_top_and_explicit_per_job(name: str) -> None:
+    workflow = load(name)
+    assert workflow["permissions"] == {}
+    for job_id, job in workflow["jobs"].items():
+        assert "permissions" in job, f"{name}.{job_id} has no permissions"
+        assert "write-all" not in str(job["permissions"])
+
+
+def test_write_permissions_only_where_needed() -> None:
+    writes = {
+        (name, job_id, scope)
+        for name in NAMES
+        for job_id, job in load(name)["jobs"].items()
+        for scope, level in job["permissions"].items()
+        if level == "write"
+    }
+    assert writes == {
+        ("pr-report", "report", "pull-requests"),  # the CML comment
+        ("build-push", "image", "packages"),  # push to GHCR
+        ("deploy", "build", "packages"),  # handed to build-push when deploy builds first
+    }
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_job_has_a_time_limit(name: str) -> None:
+    for job_id, job in load(name)["jobs"].items():
+        if "uses" in job:  # a reusable-workflow call: the called jobs carry their own limits
+            assert job["uses"].startswith("$/")
+            continue
+        assert 0 < job["timeout-minutes"] <= 60, f"{name}.{job_id}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_pull_request_target_anywhere(name: str) -> None:
+    assert "pull_request_target" not in (WORKFLOWS / f"{name}.yml").read_text()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_concurrency_groups_cancel_superseded_pull_request_runs(name: str) -> None:
+    workflow = load(name)
+    concurrency = workflow["concurrency"]
+    assert concurrency["group"]
+    if "pull_request" in workflow["on"]:
+        assert concurrency["cancel-in-progress"] in (
+            True,
+            "${{ github.event_name == 'pull_request' }}",
+        )
+    else:  # a push to main or a deploy is never cancelled half-way
+        assert concurrency["cancel-in-progress"] is False
+
+
+def test_pull_request_secrets_and_comment_are_skipped_for_forks() -> None:
+    for job_id, step in workflow_steps("pr-report"):
+        uses_secret = "secrets." in str(step.get("env", {}))
+        posts = "cml" in step.get("run", "")
+        if uses_secret or posts:
+            assert step.get("if") == SAME_REPOSITORY, (job_id, step.get("name"))
+
+
+def test_pull_request_report_has_history_and_posts_one_updated_comment() -> None:
+    steps = [step for _, step in workflow_steps("pr-report")]
+    checkout = next(step for step in steps if "actions/checkout" in step.get("uses", ""))
+    assert checkout["with"]["fetch-depth"] == 0
+    runs = [step.get("run", "") for step in steps]
+    assert 'make report BASE="origin/${BASE_REF}"' in runs
+    comment = next(run for run in runs if "cml" in run)
+    assert "comment update --target=pr --watermark-title=" in comment
+    summary = runs.index('cat report.md >> "$GITHUB_STEP_SUMMARY"')
+    assert summary < runs.index(comment)  # the summary is written even if the comment fails
+
+
+def test_build_smoke_tests_before_pushing() -> None:
+    steps = [step for _, step in workflow_steps("build-push")]
+    order = [step.get("run") or step.get("uses", "").split("@")[0] for step in steps]
+    smoke = order.index('scripts/smoke-test-image.sh "$IMAGE"')
+    builds = [i for i, step in enumerate(steps) if "build-push-action" in step.get("uses", "")]
+    assert len(builds) == 2
+    assert steps[builds[0]]["with"].get("push") is not True
+    assert steps[builds[0]]["with"]["cache-from"] == "type=gha"
+    assert builds[0] < smoke < builds[1]
+    assert steps[builds[1]]["with"]["push"] is True
+
+
+def test_build_pushes_lowercased_sha_and_latest_tags_to_ghcr() -> None:
+    steps = [step for _, step in workflow_steps("build-push")]
+    meta = next(step for step in steps if "metadata-action" in step.get("uses", ""))
+    assert meta["with"]["images"] == "ghcr.io/${{ github.repository }}"
+    assert "type=sha,format=long,prefix=" in meta["with"]["tags"]
+    assert "type=raw,value=latest,enable={{is_default_branch}}" in meta["with"]["tags"]
+    workflow = load("build-push")
+    assert workflow["on"]["push"]["branches"] == ["main"]
+    assert "workflow_call" in workflow["on"]
+
+
+def test_deploy_has_the_inputs_and_runs_in_the_chosen_environment() -> None:
+    workflow = load("deploy")
+    inputs = workflow["on"]["workflow_dispatch"]["inputs"]
+    assert set(inputs) == {"image_tag", "environment", "namespace", "replicas", "dry_run"}
+    assert inputs["environment"]["type"] == "choice"
+    assert inputs["environment"]["options"] == ["staging", "production"]
+    assert inputs["dry_run"]["type"] == "boolean"
+    assert inputs["dry_run"]["default"] is False
+    assert inputs["replicas"]["type"] == "number"
+    job = workflow["jobs"]["deploy"]
+    assert job["environment"] == "${{ inputs.environment }}"
+    assert workflow["jobs"]["build"]["uses"] == "$/.github/workflows/build-push.yml"
+
+
+def test_deploy_passes_the_kubeconfig_only_to_the_deploy_step() -> None:
+    holders = [
+        step
+        for _, step in workflow_steps("deploy")
+        if "secrets.KUBE_CONFIG" in str(step.get("env", {}))
+    ]
+    assert len(holders) == 1
+    assert holders[0]["run"] == "make deploy MANIFEST=build/seldon-deployment.yaml"
+    assert holders[0]["env"]["KUBECONFIG_ENV"] == "KUBE_CONFIG"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_inputs_reach_run_steps_only_through_the_environment(name: str) -> None:
+    # `${{ }}` inside a shell script is a template-injection hole; env variables are not.
+    for _, step in workflow_steps(name):
+        assert "${{" not in step.get("run", ""), step.get("name")
+
+
+def test_every_run_step_is_a_make_target_that_exists_or_a_known_command() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    targets = set(re.findall(r"^([a-zA-Z][\w-]*):", makefile, flags=re.MULTILINE))
+    for name in NAMES:
+        for job_id, step in workflow_steps(name):
+            command = " ".join(step.get("run", "").split())
+            if not command:
+                continue
+            if command.startswith("make "):
+                target = command.split()[1]
+                assert target in targets, f"{name}.{job_id}: no Make target {target!r}"
+            else:
+                assert command in OTHER_RUN_STEPS, f"{name}.{job_id}: {command}"
