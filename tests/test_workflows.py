@@ -31,7 +31,7 @@ OTHER_RUN_STEPS = {
     'scripts/smoke-test-image.sh "$IMAGE"',
     'scripts/image-summary.sh "$IMAGE" "$DIGEST" >> "$GITHUB_STEP_SUMMARY"',
     '.venv/bin/mlops manifest --image "$IMAGE" --namespace "$NAMESPACE" '
-    '--replicas "$REPLICAS" --out build/seldon-deployment.yaml',
+    '--replicas "$REPLICAS" --max-replicas "$MAX_REPLICAS" --out build/seldon-deployment.yaml',
 }
 SAME_REPOSITORY = "github.event.pull_request.head.repo.full_name == github.repository"
 
