@@ -7,6 +7,8 @@ PYTHON ?= python3.11
 VENV := .venv
 SERVE_VENV := .venv-serve
 BIN := $(VENV)/bin
+# dvc.yaml's commands call `mlops`, so the training environment comes first on PATH.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 export UV_PYTHON_DOWNLOADS := never
 # Precompiled bytecode: with PYTHONDONTWRITEBYTECODE set (common in CI images) every stage would
 # otherwise recompile mlflow and scikit-learn from source on each start, about 10 s.
@@ -32,6 +34,30 @@ $(SERVE_VENV)/.synced: requirements/serve.lock | $(BIN)/uv
 
 .PHONY: setup
 setup: $(VENV)/.synced $(SERVE_VENV)/.synced ## Create .venv (training, tools) and .venv-serve (serving) from the lock files
+
+.PHONY: run
+run: setup ## Set up, then run the pipeline (dvc repro) on the data named in params.yaml
+	$(BIN)/dvc repro
+
+.PHONY: test
+test: setup ## Set up, then run every test, the slow end-to-end ones included
+	$(BIN)/pytest
+
+.PHONY: test-fast
+test-fast: setup ## Run the tests not marked slow (no real pipeline run, server or image)
+	$(BIN)/pytest -m "not slow"
+
+.PHONY: mlflow-ui
+mlflow-ui: setup ## Browse the local MLflow store at http://127.0.0.1:5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+.PHONY: bench-pipeline
+bench-pipeline: setup ## Time cold, no-op and param-change dvc repro against a bare script
+	$(BIN)/python benchmarks/pipeline.py
+
+.PHONY: clean
+clean: ## Remove environments, caches and local MLflow runs (keeps data and DVC's cache)
+	rm -rf $(VENV) $(SERVE_VENV) .cache .pytest_cache .ruff_cache mlruns mlflow.db
 
 # What the GitHub workflows run (docs/workflows.md); each works the same on a laptop.
 MANIFEST ?= build/seldon-deployment.yaml

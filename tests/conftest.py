@@ -1,0 +1,61 @@
+"""Fixtures shared by the pipeline tests: small messy data built in the test, and params files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def messy_frame(n_rows: int = 90, labels: tuple[Any, ...] = ("ant", "bee", "cat"), seed: int = 0):
+    """Mixed numeric and categorical columns with gaps; only `length` carries the label."""
+    rng = np.random.default_rng(seed)
+    signal = np.arange(n_rows) % len(labels)
+    frame = pd.DataFrame(
+        {
+            "length": signal * 3.0 + rng.normal(0, 0.4, n_rows),
+            "weight": rng.normal(10, 2, n_rows).round(2),
+            "colour": rng.choice(["red", "green", "blue"], n_rows),
+            "shape": rng.choice(["round", "square"], n_rows),
+            "label": np.array(labels, dtype=object)[signal],
+        }
+    )
+    frame.loc[::7, "length"] = np.nan
+    frame.loc[::5, "colour"] = np.nan
+    frame.loc[3::11, "weight"] = np.nan
+    return frame
+
+
+def params_dict(**sections: dict[str, Any]) -> dict[str, Any]:
+    """The repository's params.yaml with some keys of some sections replaced."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"]["target"] = "label"
+    for section, values in sections.items():
+        params.setdefault(section, {}).update(values)
+    return params
+
+
+@pytest.fixture
+def write_params(tmp_path: Path):
+    """Write a params file into tmp_path; keyword arguments override sections."""
+
+    def write(**sections: dict[str, Any]) -> Path:
+        path = tmp_path / "params.yaml"
+        path.write_text(yaml.safe_dump(params_dict(**sections)))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def messy_csv(tmp_path: Path) -> Path:
+    """A three-class CSV with strings, gaps and numbers."""
+    path = tmp_path / "raw.csv"
+    messy_frame().to_csv(path, index=False)
+    return path

@@ -1,0 +1,106 @@
+"""Package stage: the directory the image serves, and the pins that keep the model loadable."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib.metadata import version
+
+import joblib
+import pytest
+
+from mlops_template.errors import UserError
+from mlops_template.stages.package import build_package, pinned_version, serving_sources
+from mlops_template.stages.process import process
+from mlops_template.stages.train import train
+
+from ..conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A processed and trained messy dataset (trained once for the module)."""
+    import yaml
+
+    from ..conftest import messy_frame, params_dict
+
+    workdir = tmp_path_factory.mktemp("trained")
+    messy_frame().to_csv(workdir / "raw.csv", index=False)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params_dict()))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        process(workdir / "raw.csv", workdir / "processed", workdir / "params.yaml")
+        train(
+            workdir / "processed",
+            workdir / "model.joblib",
+            workdir / "metrics.json",
+            workdir / "plots",
+            workdir / "params.yaml",
+        )
+    return workdir
+
+
+def package(workdir, out, requirements=REPO / "requirements" / "serve.lock"):
+    return build_package(
+        workdir / "model.joblib",
+        workdir / "processed",
+        workdir / "metrics.json",
+        requirements,
+        out,
+        max_batch_rows=500,
+    )
+
+
+def test_package_contents_and_metadata(trained, tmp_path):
+    out = tmp_path / "serving"
+    metadata = package(trained, out)
+
+    names = sorted(p.name for p in out.iterdir())
+    expected = {
+        "Model.py",
+        "model.joblib",
+        "metadata.json",
+        "requirements.txt",
+        "sample_request.json",
+    } | {p.name for p in serving_sources()}
+    assert set(names) == expected
+    model_bytes = (out / "model.joblib").read_bytes()
+    assert model_bytes == (trained / "model.joblib").read_bytes()
+    assert metadata == json.loads((out / "metadata.json").read_text())
+    assert metadata["model_sha256"] == hashlib.sha256(model_bytes).hexdigest()
+    assert metadata["classes"] == ["ant", "bee", "cat"]
+    assert metadata["metrics"] == json.loads((trained / "metrics.json").read_text())
+    assert metadata["estimator"] == "RandomForestClassifier"
+    assert metadata["max_batch_rows"] == 500
+    assert metadata["versions"]["scikit-learn"] == version("scikit-learn")
+    assert len(metadata["git_commit"]) == 40 or metadata["git_commit"] == "unknown"
+    assert (out / "requirements.txt").read_text() == (REPO / "requirements/serve.lock").read_text()
+
+
+def test_sample_request_is_answerable_by_the_model(trained, tmp_path):
+    import pandas as pd
+
+    package(trained, tmp_path / "serving")
+    request = json.loads((tmp_path / "serving" / "sample_request.json").read_text())
+    rows = pd.DataFrame(request["data"]["ndarray"], columns=request["data"]["names"])
+    assert len(rows) == 2
+    assert not rows.isna().any().any()
+    model = joblib.load(trained / "model.joblib")
+    assert model.predict_proba(rows).shape == (2, 3)
+
+
+def test_serving_lock_must_pin_the_training_scikit_learn(trained, tmp_path):
+    lock = tmp_path / "serve.lock"
+    lock.write_text("seldon-core==1.17.1\nscikit-learn==1.0.2 \\\n    --hash=sha256:abc\n")
+    with pytest.raises(UserError, match=r"pins scikit-learn 1\.0\.2 but the model was trained"):
+        package(trained, tmp_path / "serving", requirements=lock)
+    assert not (tmp_path / "serving").exists()
+
+
+def test_pinned_version_reads_hashed_lock_lines():
+    lock = "numpy==1.26.4 \\\n    --hash=sha256:00\nscikit-learn==1.9.1 ; python_version >= '3.11'"
+    assert pinned_version(lock, "scikit-learn") == "1.9.1"
+    assert pinned_version(lock, "numpy") == "1.26.4"
+    assert pinned_version(lock, "pandas") is None
+    assert pinned_version((REPO / "requirements/serve.lock").read_text(), "seldon-core") == "1.17.1"

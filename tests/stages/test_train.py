@@ -1,0 +1,162 @@
+"""Train stage: outputs, metrics, plots and the MLflow run, against real MLflow stores."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import joblib
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mlops_template.errors import UserError
+from mlops_template.plots import IMAGE_NAMES
+from mlops_template.stages.process import process
+from mlops_template.stages.train import train
+
+METRICS = {
+    "accuracy",
+    "balanced_accuracy",
+    "f1_macro",
+    "precision_macro",
+    "recall_macro",
+    "roc_auc",
+    "log_loss",
+}
+
+
+@pytest.fixture
+def workdir(tmp_path, messy_csv, write_params, monkeypatch):
+    """A processed dataset in tmp_path, which is also the working directory (like dvc repro)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = write_params(train={"model": "random_forest"})
+    process(messy_csv, tmp_path / "processed", params)
+    return tmp_path
+
+
+def run_train(workdir: Path) -> dict[str, float]:
+    return train(
+        workdir / "processed",
+        workdir / "model.joblib",
+        workdir / "metrics.json",
+        workdir / "plots",
+        workdir / "params.yaml",
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_outputs_and_the_local_mlflow_run(workdir):
+    metrics = run_train(workdir)
+
+    assert set(metrics) == METRICS
+    assert json.loads((workdir / "metrics.json").read_text()) == metrics
+    assert metrics["accuracy"] > 0.8, "the label is learnable from the length column"
+    model = joblib.load(workdir / "model.joblib")
+    assert list(model.classes_) == ["ant", "bee", "cat"]
+    for name in ("confusion.csv", "roc.csv", "precision_recall.csv", "importance.csv"):
+        assert not pd.read_csv(workdir / "plots" / name).empty, name
+    importance = pd.read_csv(workdir / "plots" / "importance.csv")
+    assert set(importance["feature"]) == {"length", "weight", "colour", "shape"}
+    assert importance["feature"].iloc[0] == "length"
+    for name in IMAGE_NAMES:
+        assert (workdir / "plots" / "images" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.data.metrics == metrics
+    assert run.data.params["model"] == "random_forest"
+    assert run.data.params["random_forest.max_depth"] == "3"
+    assert "git_commit" in run.data.tags
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert artifacts == {f"plots/{name}" for name in IMAGE_NAMES}
+    [logged_model] = client.search_logged_models([run.info.experiment_id])
+    assert logged_model.source_run_id == run.info.run_id
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    info = mlflow.models.get_model_info(f"models:/{logged_model.model_id}")
+    assert info.signature is not None
+    assert [c.name for c in info.signature.inputs] == ["length", "weight", "colour", "shape"]
+    assert info.saved_input_example_info is not None
+
+
+def test_permutation_importance_for_models_without_their_own(workdir, write_params):
+    write_params(train={"model": "logistic_regression"})
+    run_train(workdir)
+    importance = pd.read_csv(workdir / "plots" / "importance.csv")
+    assert importance["feature"].iloc[0] == "length"
+
+
+def test_unreachable_tracking_server_fails_fast_and_writes_nothing(workdir, monkeypatch):
+    address = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", address)
+    started = time.monotonic()
+    with pytest.raises(UserError, match=f"cannot reach the MLflow server at {address}"):
+        run_train(workdir)
+    assert time.monotonic() - started < 30, "must not sit in retries"
+    assert not (workdir / "model.joblib").exists()
+    assert not (workdir / "metrics.json").exists()
+    assert not (workdir / "plots").exists()
+
+
+def test_bad_hyperparameter_fails_before_any_output(workdir, write_params):
+    write_params(train={"model": "random_forest", "random_forest": {"n_trees": 10}})
+    with pytest.raises(UserError, match=r"train\.random_forest\.n_trees"):
+        run_train(workdir)
+    assert not (workdir / "model.joblib").exists()
+
+
+@pytest.mark.slow
+def test_runs_go_to_the_server_in_mlflow_tracking_uri(workdir, monkeypatch, tmp_path_factory):
+    store = tmp_path_factory.mktemp("server")
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("mlflow")),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{store / 'server.db'}",
+            "--artifacts-destination",
+            str(store / "artifacts"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    address = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{address}/health", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise AssertionError("mlflow server did not start") from None
+                time.sleep(0.5)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", address)
+        metrics = run_train(workdir)
+        client = MlflowClient(tracking_uri=address)
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert [run.data.metrics for run in runs] == [metrics]
+        assert not (workdir / "mlflow.db").exists(), "nothing goes to the local store"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

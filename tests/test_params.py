@@ -1,0 +1,76 @@
+"""params.yaml is validated up front, and every error names the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlops_template.errors import UserError
+from mlops_template.params import (
+    data_params,
+    load_params,
+    package_params,
+    process_params,
+    train_params,
+)
+
+from .conftest import REPO, params_dict
+
+
+def test_repository_params_are_valid():
+    raw = load_params(REPO / "params.yaml")
+    assert data_params(raw).target == "species"
+    assert 0 < process_params(raw).test_size < 1
+    assert train_params(raw).model in {
+        "random_forest",
+        "logistic_regression",
+        "hist_gradient_boosting",
+        "decision_tree",
+    }
+    assert package_params(raw).max_batch_rows >= 1
+
+
+@pytest.mark.parametrize("test_size", [0, 1, 1.5, -0.2])
+def test_test_size_outside_zero_one_is_rejected(test_size):
+    with pytest.raises(UserError, match=r"process\.test_size must be between 0 and 1"):
+        process_params(params_dict(process={"test_size": test_size}))
+
+
+def test_test_size_of_wrong_type_names_the_key():
+    with pytest.raises(UserError, match=r"process\.test_size must be int or float, got 'a lot'"):
+        process_params(params_dict(process={"test_size": "a lot"}))
+
+
+def test_boolean_is_not_a_seed():
+    with pytest.raises(UserError, match=r"process\.random_state must be int, got True"):
+        process_params(params_dict(process={"random_state": True}))
+
+
+def test_unknown_model_lists_the_supported_ones():
+    with pytest.raises(UserError, match=r"train\.model 'xgboost' is not supported; .*forest"):
+        train_params(params_dict(train={"model": "xgboost"}))
+
+
+def test_only_the_chosen_models_hyperparameters_are_used():
+    params = train_params(params_dict(train={"model": "decision_tree"}))
+    assert params.hyperparameters == params_dict()["train"]["decision_tree"]
+
+
+def test_missing_section_is_named():
+    raw = params_dict()
+    del raw["process"]
+    with pytest.raises(UserError, match="section 'process' is missing"):
+        process_params(raw)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(UserError, match="file not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_batch_limit_must_be_positive():
+    with pytest.raises(UserError, match=r"package\.max_batch_rows must be at least 1"):
+        package_params(params_dict(package={"max_batch_rows": 0}))
