@@ -69,7 +69,7 @@ lint: $(VENV)/.synced ## Lint: ruff, actionlint with shellcheck, shellcheck scri
 	$(BIN)/ruff format --check .
 	$(BIN)/actionlint -shellcheck $(BIN)/shellcheck
 	$(BIN)/shellcheck scripts/*.sh
-	$(BIN)/zizmor --offline --no-progress .github/workflows
+	$(BIN)/zizmor --offline --no-progress .github
 	$(BIN)/hadolint Dockerfile
 
 .PHONY: pull

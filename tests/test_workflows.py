@@ -91,7 +91,7 @@ def test_actionlint_really_runs_shellcheck(tmp_path: Path) -> None:
 
 
 def test_zizmor_offline_finds_nothing() -> None:
-    done = run(tool("zizmor"), "--offline", "--no-progress", str(WORKFLOWS))
+    done = run(tool("zizmor"), "--offline", "--no-progress", str(WORKFLOWS.parent))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "No findings to report" in done.stdout
 
