@@ -274,3 +274,18 @@ def test_empty_kubeconfig_secret_is_a_clear_error(cluster: Cluster) -> None:
     assert done.returncode == 2
     assert "KUBE_CONFIG is empty" in done.stderr
     assert cluster.calls() == []
+
+
+def test_deploys_what_mlops_manifest_renders(cluster: Cluster) -> None:
+    # The deploy workflow feeds `mlops manifest` output to `mlops deploy`: they must agree on the
+    # name, namespace and predictor that the wait and the smoke request address.
+    from mlops_template.manifest import render_seldon_deployment, to_yaml
+
+    rendered = render_seldon_deployment(image="ghcr.io/owner/repo:abc123", namespace="staging")
+    cluster.manifest.write_text(to_yaml(rendered))
+    done = cluster.deploy()
+    assert done.returncode == 0, done.stderr
+    calls = cluster.calls()
+    assert calls[2]["args"][:2] == ["wait", f"seldondeployment/{rendered['metadata']['name']}"]
+    service = f"{rendered['metadata']['name']}-{rendered['spec']['predictors'][0]['name']}"
+    assert calls[-1]["args"][2].startswith(f"/api/v1/namespaces/staging/services/{service}:8000/")
