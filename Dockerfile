@@ -1,0 +1,48 @@
+# The serving image: the package directory written by `dvc repro` (models/serving), run by
+# Seldon Core's Python microservice. Build it with `make image`, or `docker build .` after `make run`.
+# BASE_IMAGE: any Debian-like image with Python 3.11 and its venv module; the default is the
+# official slim image, `make image` builds its own when no registry can be reached.
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
+
+# Recorded as OCI labels so `docker inspect` tells which model and commit an image serves.
+ARG MODEL_SHA256=unknown
+ARG GIT_COMMIT=unknown
+# Only for builds behind a TLS-inspecting proxy: a CA bundle path mounted into the build.
+ARG PIP_CERT
+
+LABEL org.opencontainers.image.title="mlops-template model server" \
+      org.opencontainers.image.description="Seldon Core v1 microservice for a scikit-learn model" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.revision="${GIT_COMMIT}" \
+      mlops-template.model.sha256="${MODEL_SHA256}" \
+      mlops-template.git.commit="${GIT_COMMIT}"
+
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:${PATH} \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    GUNICORN_WORKERS=2 \
+    GUNICORN_THREADS=4 \
+    GRPC_WORKERS=1 \
+    GRPC_THREADS=4
+
+WORKDIR /app
+
+# The pinned, hashed serving requirements first: this layer is reused until the lock changes.
+COPY models/serving/requirements.txt /app/requirements.txt
+RUN python3 -m venv /opt/venv \
+    && pip install --require-hashes --no-deps -r /app/requirements.txt
+
+COPY models/serving/ /app/
+# The package may be written owner-only; the server runs as another user and never writes here.
+# Bytecode is compiled now because that user cannot write __pycache__ at start.
+RUN chmod -R a+rX /app && python3 -m compileall -q /app
+
+USER 10001:10001
+# REST, gRPC, Prometheus metrics (Seldon's defaults; the operator sets them through the environment).
+EXPOSE 9000 5000 6000
+# serve.py forwards SIGTERM to every process of the microservice and waits for them.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["python3", "/app/serve.py"]
