@@ -152,6 +152,7 @@ def serving_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
         REPO / "requirements" / "serve.lock",
         package_dir,
         MAX_BATCH_ROWS,
+        estimator=type(pipeline.named_steps["model"]).__name__,
     )
     return package_dir
 

@@ -49,6 +49,7 @@ def package(workdir, out, requirements=REPO / "requirements" / "serve.lock"):
         requirements,
         out,
         max_batch_rows=500,
+        estimator="RandomForestClassifier",
     )
 
 
