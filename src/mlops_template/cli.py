@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "package": ("mlops_template.stages.package", "assemble the Seldon serving package"),
     "manifest": ("mlops_template.manifest", "render the SeldonDeployment for a serving image"),
     "deploy": ("mlops_template.deploy", "apply a SeldonDeployment, smoke-test it, roll back"),
+    "report": ("mlops_template.report", "markdown report of params, metrics, plots vs a git ref"),
 }
 
 
