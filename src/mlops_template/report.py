@@ -124,6 +124,15 @@ def format_value(value: Any) -> str:
     return f"`{text}`" if text else "`''`"
 
 
+def format_param(value: Any) -> str:
+    """A param value as written in params.yaml: numbers as they are, other values as code."""
+    if value is None:
+        return MISSING
+    if is_number(value):
+        return repr(value)
+    return format_value(value)
+
+
 def format_delta(old: Any, new: Any) -> str:
     """The signed change (+0.0123, -0.2, 0), or an em dash when there is nothing to subtract."""
     change = delta(old, new)
@@ -166,6 +175,34 @@ def _flat(data: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
         else:
             pairs.append((name, value))
     return pairs
+
+
+def read_errors(result: Mapping[str, Any]) -> list[str]:
+    """Notes for the files DVC could not read, from the `errors` part of a diff result."""
+    notes = []
+    for rev, errors in result.get("errors", {}).items():
+        where = "in the working tree" if rev == WORKSPACE else f"at `{rev}`"
+        if isinstance(errors, Mapping):
+            # A missing file is not an error here: its values show as absent (first PR, removed).
+            notes += [
+                f"DVC cannot read `{path}` {where}: {error}"
+                for path, error in errors.items()
+                if not isinstance(error, FileNotFoundError)
+            ]
+        else:
+            notes.append(f"DVC cannot read the files {where}: {errors}")
+    return notes
+
+
+def _show_errors(shown: Mapping[str, Any]) -> dict[str, Any]:
+    """A `metrics.show` result's errors in the shape of a diff result's `errors`."""
+    errors: dict[str, Any] = {}
+    for rev, entry in shown.items():
+        if entry.get("error"):
+            errors[rev] = entry["error"]
+        elif files := {p: d["error"] for p, d in entry.get("data", {}).items() if "error" in d}:
+            errors[rev] = files
+    return errors
 
 
 def image_title(source: str) -> str:
@@ -250,7 +287,7 @@ def render(comparison: Comparison) -> str:
     else:
         lines += ["| param | base | head |", "| --- | --- | --- |"]
         lines += [
-            f"| `{c.name}` | {format_value(c.old)} | {format_value(c.new)} |"
+            f"| `{c.name}` | {format_param(c.old)} | {format_param(c.new)} |"
             for c in comparison.params
         ]
         lines.append("")
@@ -412,7 +449,10 @@ def _open_repo(root: Path | None) -> Repo:
     try:
         repo = Repo(os.fspath(root) if root else None)
     except NotDvcRepoError as error:
-        raise UserError(f"not inside a DVC repository (no .dvc directory found): {error}") from None
+        raise UserError(
+            "not inside a DVC repository (no .dvc directory here or above): "
+            "run the report from the project"
+        ) from error
     from scmrepo.git import Git
 
     if not isinstance(repo.scm, Git):
@@ -438,7 +478,11 @@ def compare(base: str, images_dir: Path, report_dir: Path, package: Path) -> Com
     with _open_repo(None) as repo:
         head_commit = _resolve(repo, "HEAD")
         base_commit = _resolve(repo, base)
-        head_metrics = workspace_values(repo.metrics.show(revs=[WORKSPACE]))
+        shown_metrics = repo.metrics.show(revs=[WORKSPACE])
+        unreadable = read_errors({"errors": _show_errors(shown_metrics)})
+        if unreadable:
+            raise UserError(f"{unreadable[0]}; run `dvc repro`")
+        head_metrics = workspace_values(shown_metrics)
         if not head_metrics:
             raise UserError("no metrics in the working tree: run `dvc repro` first")
         if base_commit is None:
@@ -448,8 +492,12 @@ def compare(base: str, images_dir: Path, report_dir: Path, package: Path) -> Com
             )
             params, metrics = [], head_metrics
         else:
-            params = flatten_diff(repo.params.diff(a_rev=base)["diff"])
-            metrics = flatten_diff(repo.metrics.diff(a_rev=base, all=True)["diff"])
+            params_diff = repo.params.diff(a_rev=base)
+            metrics_diff = repo.metrics.diff(a_rev=base, all=True)
+            # An unreadable file at the base is the base's problem: say so, compare the rest.
+            notes += read_errors(params_diff) + read_errors(metrics_diff)
+            params = flatten_diff(params_diff.get("diff", {}))
+            metrics = flatten_diff(metrics_diff.get("diff", {}))
             if all(change.old is None for change in metrics):
                 notes.append(
                     f"The base `{base}` has no metrics yet (a first pull request?): "
