@@ -87,3 +87,39 @@ report: $(VENV)/.synced ## Write report.md: params, metrics and plots against BA
 .PHONY: deploy
 deploy: $(VENV)/.synced ## kubectl-apply MANIFEST, wait, smoke-test, roll back on failure (DRY_RUN=true: validate only)
 	$(BIN)/mlops deploy --manifest $(MANIFEST) $(if $(filter true,$(DRY_RUN)),--dry-run) $(if $(KUBECONFIG_ENV),--kubeconfig-env $(KUBECONFIG_ENV))
+
+# Serving: the package `make run` writes (models/serving), locally and as an image (docs/serving.md).
+IMAGE ?= localhost/mlops-template-model:latest
+HTTP_PORT ?= 9000
+GRPC_PORT ?= 5000
+METRICS_PORT ?= 6000
+
+.PHONY: serve
+serve: $(SERVE_VENV)/.synced ## Serve models/serving like the image does (HTTP 9000, gRPC 5000, metrics 6000)
+	@test -f models/serving/metadata.json || { echo "error: models/serving not found: run 'make run' first" >&2; exit 2; }
+	$(SERVE_VENV)/bin/python models/serving/serve.py --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+
+.PHONY: predict
+predict: ## Post models/serving/sample_request.json to `make serve` and print the answer
+	@curl --silent --show-error --fail-with-body --header 'Content-Type: application/json' \
+		--data @models/serving/sample_request.json http://127.0.0.1:$(HTTP_PORT)/api/v1.0/predictions && echo
+
+.PHONY: image
+image: ## Build the serving image IMAGE from models/serving (Docker, or podman without an engine)
+	scripts/build-image.sh $(IMAGE)
+
+.PHONY: image-test
+image-test: setup ## Build the image from a fresh package, serve from it, check answers and 400s
+	$(BIN)/pytest -m image
+
+.PHONY: container-tools
+container-tools: ## Install podman, buildah, debootstrap (apt) to build and run images without Docker
+	scripts/install-container-tools.sh
+
+.PHONY: manifest
+manifest: $(VENV)/.synced ## Render the SeldonDeployment for IMAGE into MANIFEST
+	$(BIN)/mlops manifest --image $(IMAGE) --out $(MANIFEST)
+
+.PHONY: bench-serving
+bench-serving: setup ## Load-test the served model against plain gunicorn+Flask and in-process (needs wrk)
+	$(BIN)/python benchmarks/serving.py

@@ -8,6 +8,7 @@ main process only, which would leave a pod or a terminal hanging until SIGKILL.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -54,23 +55,45 @@ def reap_children() -> None:
             return
 
 
-def stop_group(group: int, grace_seconds: float) -> None:
-    """SIGTERM every process of the microservice, then SIGKILL what is left after the grace time."""
+def children_of(pid: int) -> set[int]:
+    """PIDs whose parent is `pid` (Linux /proc; empty elsewhere, which only skips a wait)."""
+    children = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            children.add(int(stat.parent.name))
+    return children
+
+
+def stop_group(leader: int, workers: int, grace_seconds: float) -> None:
+    """Stop gunicorn first, then the rest of the microservice; SIGKILL what outlives the grace."""
+    deadline = time.monotonic() + grace_seconds
+    # Gunicorn (the leader) first: its workers finish in-flight requests, and their exit hooks
+    # still reach Seldon's metrics manager, which a SIGTERM to the whole group would kill first.
+    before = children_of(leader)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(leader, signal.SIGTERM)
+    remaining = max(len(before) - workers, 0)
+    while time.monotonic() < deadline and len(children_of(leader) & before) > remaining:
+        time.sleep(0.05)
+    # Then gRPC, metrics and the manager, which ignore the leader's SIGTERM.
     try:
-        os.killpg(group, signal.SIGTERM)
+        os.killpg(leader, signal.SIGTERM)
     except ProcessLookupError:
         return
-    deadline = time.monotonic() + grace_seconds
     while time.monotonic() < deadline:
         reap_children()
         try:
-            os.killpg(group, 0)
+            os.killpg(leader, 0)
         except ProcessLookupError:
             return
         time.sleep(0.1)
     logger.warning("processes still running after %.0f s; sending SIGKILL", grace_seconds)
     try:
-        os.killpg(group, signal.SIGKILL)
+        os.killpg(leader, signal.SIGKILL)
     except ProcessLookupError:
         return
     reap_children()
@@ -83,6 +106,7 @@ def main(argv: list[str]) -> int:
     )
     environment = {**DEFAULTS, **os.environ}
     grace_seconds = float(environment.get("SHUTDOWN_GRACE_SECONDS", SHUTDOWN_GRACE_SECONDS))
+    workers = int(environment["GUNICORN_WORKERS"])
     command = microservice_command(argv)
     logger.info(
         "starting %s with %s workers x %s threads",
@@ -98,13 +122,13 @@ def main(argv: list[str]) -> int:
         nonlocal stopping
         stopping = True
         logger.info("received %s; stopping the microservice", signal.Signals(signum).name)
-        stop_group(child.pid, grace_seconds)
+        stop_group(child.pid, workers, grace_seconds)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     code = child.wait()
     # The main process may exit on its own (a failed start); never leave its children behind.
-    stop_group(child.pid, grace_seconds)
+    stop_group(child.pid, workers, grace_seconds)
     if stopping:
         return 0
     return code if code >= 0 else 128 - code
