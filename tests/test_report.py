@@ -338,7 +338,7 @@ def test_model_card_and_run_link(project):
         metadata["features"]
     )
     assert card["Model size"].endswith("KiB")
-    assert "https://github.com/me/project/actions/runs/7" in markdown
+    assert "Workflow run: <https://github.com/me/project/actions/runs/7>" in markdown
 
 
 @pytest.mark.slow
@@ -353,6 +353,7 @@ def test_no_change_says_so(project):
     assert len(titles) == len(report.IMAGE_NAMES)
     assert all(title.endswith("(unchanged)") for title in titles)
     assert "> " not in markdown, "no notes expected when nothing changed"
+    assert "Workflow run" not in markdown, "no link outside GitHub Actions"
 
 
 @pytest.mark.slow

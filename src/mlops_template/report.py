@@ -120,7 +120,12 @@ def format_value(value: Any) -> str:
         return "0" if text in ("", "-0") else text
     if is_number(value):
         return str(value)
-    text = str(value).replace("|", "\\|").replace("\n", " ")
+    return _code(str(value))
+
+
+def _code(text: str) -> str:
+    """Text as inline code that cannot break a table row."""
+    text = text.replace("|", "\\|").replace("\n", " ")
     return f"`{text}`" if text else "`''`"
 
 
@@ -274,7 +279,7 @@ def render(comparison: Comparison) -> str:
         f"Head: working tree at `{_short(comparison.head_commit)}`. Base: {base_label}.",
     ]
     if comparison.run_url:
-        lines.append(f"Workflow run: [{comparison.run_url}]({comparison.run_url})")
+        lines += ["", f"Workflow run: <{comparison.run_url}>"]
     lines += ["", _summary(comparison), ""]
     for note in comparison.notes:
         lines += [f"> {note}", ""]
@@ -287,7 +292,7 @@ def render(comparison: Comparison) -> str:
     else:
         lines += ["| param | base | head |", "| --- | --- | --- |"]
         lines += [
-            f"| `{c.name}` | {format_param(c.old)} | {format_param(c.new)} |"
+            f"| {_code(c.name)} | {format_param(c.old)} | {format_param(c.new)} |"
             for c in comparison.params
         ]
         lines.append("")
@@ -302,7 +307,7 @@ def render(comparison: Comparison) -> str:
         kind = verdict(c.name, c.old, c.new)
         direction = " (lower is better)" if lower_is_better(c.name) else ""
         lines.append(
-            f"| `{c.name}`{direction} | {format_value(c.old)} | {format_value(c.new)} "
+            f"| {_code(c.name)}{direction} | {format_value(c.old)} | {format_value(c.new)} "
             f"| {format_delta(c.old, c.new)} | {MARKS.get(kind, kind)} |"
         )
     lines.append("")
@@ -382,6 +387,7 @@ def model_card(package: Path) -> tuple[list[tuple[str, str]], list[str]]:
 
 
 def _relative(path: Path, start: Path) -> str:
+    """`path` relative to `start` with forward slashes, as markdown links want it."""
     return PurePosixPath(Path(os.path.relpath(path.resolve(), start.resolve()))).as_posix()
 
 
@@ -442,12 +448,13 @@ def write_images(
     return pairs
 
 
-def _open_repo(root: Path | None) -> Repo:
+def _open_repo() -> Repo:
+    """The DVC repository around the current directory; UserError unless it is also a git one."""
     from dvc.exceptions import NotDvcRepoError
     from dvc.repo import Repo
 
     try:
-        repo = Repo(os.fspath(root) if root else None)
+        repo = Repo()
     except NotDvcRepoError as error:
         raise UserError(
             "not inside a DVC repository (no .dvc directory here or above): "
@@ -464,6 +471,7 @@ def _open_repo(root: Path | None) -> Repo:
 
 
 def _resolve(repo: Repo, rev: str) -> str | None:
+    """The commit `rev` names, or None when git does not know it here."""
     from scmrepo.exceptions import SCMError
 
     try:
@@ -475,7 +483,7 @@ def _resolve(repo: Repo, rev: str) -> str | None:
 def compare(base: str, images_dir: Path, report_dir: Path, package: Path) -> Comparison:
     """Ask DVC for the params, metrics and plots of `base` and the working tree."""
     notes: list[str] = []
-    with _open_repo(None) as repo:
+    with _open_repo() as repo:
         head_commit = _resolve(repo, "HEAD")
         base_commit = _resolve(repo, base)
         shown_metrics = repo.metrics.show(revs=[WORKSPACE])
