@@ -1,6 +1,6 @@
 """`mlops report`: the pull-request report of params, metrics, plots and model against a base ref.
 
-DVC does the comparing: `Repo.params.diff`, `Repo.metrics.diff` and `Repo.plots.show` (what
+DVC does the comparing: `Repo.params.diff`, `Repo.metrics.diff` and `Repo.plots.diff` (what
 `dvc params diff`, `dvc metrics diff` and `dvc plots diff` run) read the base revision from git and
 the head from the working tree. This module turns their answers into markdown (`render` is pure)
 and copies both sides' plot images next to the report, where CML uploads them with the comment.
@@ -517,7 +517,10 @@ def compare(base: str, images_dir: Path, report_dir: Path, package: Path) -> Com
                 "The pipeline is not up to date with its inputs (`dvc status`: "
                 f"{', '.join(sorted(stale))}): run `dvc repro`, the head's numbers may be stale."
             )
-        shown = repo.plots.show(revs=[base, WORKSPACE] if base_commit else [WORKSPACE])
+        if base_commit is None:
+            shown = repo.plots.show(revs=[WORKSPACE])
+        else:  # `dvc plots diff BASE`: the base's plots and the working tree's
+            shown = repo.plots.diff(revs=[base])
         images = write_images(shown, base if base_commit else None, images_dir, report_dir)
     for pair in images:
         if pair.head is None:
