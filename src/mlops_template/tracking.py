@@ -46,8 +46,25 @@ def check_reachable(uri: str) -> None:
         ) from None
 
 
+def open_store(uri: str) -> str:
+    """Import MLflow and open (or create) the store and experiment; returns the experiment id.
+
+    The train stage runs this in a thread while it fits: importing MLflow and creating a new
+    SQLite store take several seconds that need not wait for the model.
+    """
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    import mlflow
+    import mlflow.sklearn
+    import skops.io  # noqa: F401  (imported here for the same reason)
+
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
+    return experiment.experiment_id
+
+
 def log_run(
-    uri: str,
+    experiment_id: str,
     params: TrainParams,
     raw_params: dict[str, Any],
     pipeline: Pipeline,
@@ -57,8 +74,6 @@ def log_run(
     commit: str,
 ) -> str:
     """Record params, metrics, plots and the model (with signature and input example)."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     from importlib.metadata import version
 
     import mlflow
@@ -66,12 +81,10 @@ def log_run(
     import skops.io
     from mlflow.models import infer_signature
 
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
     probabilities = pd.DataFrame(
         pipeline.predict_proba(example), columns=evaluation.classes, index=example.index
     )
-    with mlflow.start_run() as run:
+    with mlflow.start_run(experiment_id=experiment_id) as run:
         mlflow.set_tags({"git_commit": commit, "mlflow.source.git.commit": commit})
         mlflow.log_params(
             {
@@ -99,5 +112,5 @@ def log_run(
                 for package in ("scikit-learn", "pandas", "numpy", "joblib")
             ],
         )
-    log.info("logged MLflow run %s to %s", run.info.run_id, uri)
+    log.info("logged MLflow run %s to %s", run.info.run_id, mlflow.get_tracking_uri())
     return run.info.run_id

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mlops_template.errors import UserError
 from mlops_template.files import atomic_directory, atomic_path, git_commit, write_json
-from mlops_template.params import DEFAULT_PARAMS, load_params, train_params
+from mlops_template.params import DEFAULT_PARAMS, TrainParams, load_params, train_params
+
+if TYPE_CHECKING:
+    from sklearn.base import ClassifierMixin
 
 log = logging.getLogger(__name__)
 
@@ -21,19 +26,39 @@ def train(
     params_path: Path = DEFAULT_PARAMS,
 ) -> dict[str, float]:
     """Run the stage. Params and the tracking server are checked before any work or output."""
-    import joblib
-
     from mlops_template import tracking
-    from mlops_template.dataset import read_schema, read_split
-    from mlops_template.evaluate import evaluate
-    from mlops_template.model import build_estimator, build_pipeline
-    from mlops_template.plots import IMAGES, write_images, write_plot_data
+    from mlops_template.model import build_estimator
 
     raw = load_params(params_path)
     params = train_params(raw)
     estimator = build_estimator(params)
     uri = tracking.tracking_uri(Path.cwd())
     tracking.check_reachable(uri)
+    with ThreadPoolExecutor(max_workers=1) as background:
+        store = background.submit(tracking.open_store, uri)
+        return _fit_evaluate_write(
+            processed, model_path, metrics_path, plots_dir, raw, params, estimator, store
+        )
+
+
+def _fit_evaluate_write(
+    processed: Path,
+    model_path: Path,
+    metrics_path: Path,
+    plots_dir: Path,
+    raw: dict[str, Any],
+    params: TrainParams,
+    estimator: ClassifierMixin,
+    store: Future[str],
+) -> dict[str, float]:
+    """Fit, evaluate, stage all outputs, log to MLflow (once `store` is open), then publish."""
+    import joblib
+
+    from mlops_template import tracking
+    from mlops_template.dataset import read_schema, read_split
+    from mlops_template.evaluate import evaluate
+    from mlops_template.model import build_pipeline
+    from mlops_template.plots import IMAGES, write_images, write_plot_data
 
     schema = read_schema(processed / "schema.json")
     features, labels = read_split(processed / "train.csv", schema)
@@ -58,7 +83,10 @@ def train(
         example = test_features.dropna().head(3)
         if example.empty:
             example = test_features.head(3)
-        tracking.log_run(uri, params, raw, pipeline, evaluation, example, images, git_commit())
+        experiment_id = store.result()
+        tracking.log_run(
+            experiment_id, params, raw, pipeline, evaluation, example, images, git_commit()
+        )
     log.info("%s: %s", params.model, ", ".join(f"{k}={v}" for k, v in evaluation.metrics.items()))
     return evaluation.metrics
 
