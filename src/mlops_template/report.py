@@ -544,16 +544,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--base",
         default=default_base(os.environ),
+        metavar="REF",
         help="git ref to compare with (default: origin/$GITHUB_BASE_REF in Actions, else main)",
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the markdown to write")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        metavar="FILE",
+        help=f"the markdown to write (default: {DEFAULT_OUT})",
+    )
     parser.add_argument(
         "--images-dir",
         type=Path,
-        help="where base/ and head/ plot images go (default: beside --out, named after it)",
+        metavar="DIR",
+        help="where base/ and head/ plot images go (default: --out without suffix, e.g. report/)",
     )
     parser.add_argument(
-        "--package", type=Path, default=DEFAULT_PACKAGE, help="the serving package (model card)"
+        "--package",
+        type=Path,
+        default=DEFAULT_PACKAGE,
+        metavar="DIR",
+        help=f"the serving package the model card is read from (default: {DEFAULT_PACKAGE})",
     )
 
 
