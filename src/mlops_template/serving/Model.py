@@ -255,21 +255,21 @@ class Model:
     @staticmethod
     def _numeric(values: np.ndarray, name: str) -> np.ndarray:
         """Cast a column to float (null becomes NaN), or name the first value that is no number."""
-        if values.dtype.kind in "fiu":
+        try:
+            # One vectorised cast covers numbers, null, and numbers that arrive as text (numpy
+            # turns a mixed row like ["Biscoe", 39.1] into strings).
             return values.astype(np.float64)
-        numbers = np.empty(len(values), dtype=np.float64)
-        # Mixed rows reach us as text (numpy turns ["Biscoe", 39.1] into strings), so numbers
-        # written as text are accepted; booleans and other text are not.
+        except (TypeError, ValueError):
+            pass
         for row, value in enumerate(values.tolist()):
             try:
-                if isinstance(value, bool):
-                    raise TypeError
-                numbers[row] = np.nan if value is None else float(value)
+                if value is not None:
+                    float(value)
             except (TypeError, ValueError):
                 raise BadRequest(
                     f"feature {name!r} must be a number or null, row {row} has {value!r}"
                 ) from None
-        return numbers
+        raise BadRequest(f"feature {name!r} must hold numbers or null")
 
     @staticmethod
     def _categorical(values: np.ndarray) -> np.ndarray:
