@@ -250,7 +250,8 @@ class Model:
                 columns[name] = self._numeric(values, name)
             else:
                 columns[name] = self._categorical(values)
-        return pd.DataFrame(columns, columns=self.feature_names)
+        # The dict is already in schema order; no reindexing or copying needed.
+        return pd.DataFrame(columns, copy=False)
 
     @staticmethod
     def _numeric(values: np.ndarray, name: str) -> np.ndarray:
