@@ -88,7 +88,7 @@ def render_seldon_deployment(
     memory_limit: str = "1Gi",
     target_cpu_utilization: int = 70,
     workers: int = 2,
-    threads: int = 4,
+    threads: int = 1,
     model_sha256: str | None = None,
     git_commit: str | None = None,
     max_batch_rows: int | None = None,
@@ -239,7 +239,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--target-cpu-utilization", type=int, default=70, help="HPA target, percent of request"
     )
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers per pod")
-    parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
+    parser.add_argument("--threads", type=int, default=1, help="threads per gunicorn worker")
     parser.add_argument(
         "--package",
         type=Path,

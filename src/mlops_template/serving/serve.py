@@ -21,12 +21,13 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 # Sensible for small scikit-learn models: prediction holds the GIL, so processes (workers) give
-# parallelism and a few threads per worker only overlap network waits. One worker per core.
+# parallelism, one per core. Extra threads per worker measured slower here, not faster: at 32
+# connections 2x4 served 0.77 of a plain Flask app's requests/s, 2x1 the same (docs/benchmarks.md).
 DEFAULTS = {
     "GUNICORN_WORKERS": "2",
-    "GUNICORN_THREADS": "4",
+    "GUNICORN_THREADS": "1",
     "GRPC_WORKERS": "1",
-    "GRPC_THREADS": "4",
+    "GRPC_THREADS": "1",
 }
 SHUTDOWN_GRACE_SECONDS = 20.0
 
