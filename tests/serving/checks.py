@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from tests.serving.conftest import REPO, http, predict
 
 BAD_DATA = "MICROSERVICE_BAD_DATA"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from tests.serving.checks import (
     BAD_REQUEST_CASES,
     assert_answer,
