@@ -13,7 +13,7 @@ import yaml
 
 from mlops_template.deploy import read_target
 from mlops_template.errors import UserError
-from mlops_template.manifest import render_seldon_deployment, to_yaml
+from mlops_template.manifest import package_manifest, render_seldon_deployment, to_yaml
 
 SHA = "ab" * 32
 
@@ -152,3 +152,11 @@ def test_cli_bad_input_is_one_line_exit_2_and_no_file(
     assert done.stderr.strip().startswith(message), done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_package_manifest_names_the_model_and_its_batch_limit() -> None:
+    metadata = {"model_sha256": SHA, "git_commit": "c0ffee", "max_batch_rows": 77}
+    manifest = yaml.safe_load(package_manifest(metadata))
+    assert container_of(manifest)["image"] == "localhost/mlops-template-model:latest"
+    assert manifest["metadata"]["annotations"]["mlops-template/model-sha256"] == SHA
+    assert manifest["spec"]["predictors"][0]["graph"]["parameters"][0]["value"] == "77"

@@ -24,6 +24,9 @@ KIND = "SeldonDeployment"
 CONTAINER = "classifier"
 PREDICTOR = "default"
 DEFAULT_PACKAGE = Path("models/serving")
+MANIFEST_FILE = "seldon-deployment.yaml"
+# `make image`'s default tag; the deploy workflow renders again with the pushed image.
+PACKAGE_IMAGE = "localhost/mlops-template-model:latest"
 # Ports the operator gives the model container (it sets PREDICTIVE_UNIT_*_PORT to match).
 HTTP_PORT_NAME = "http"
 TERMINATION_GRACE_SECONDS = 30  # above the entry point's 20 s wait before it SIGKILLs
@@ -209,6 +212,18 @@ def to_yaml(manifest: dict[str, Any]) -> str:
     import yaml
 
     return yaml.safe_dump(manifest, sort_keys=False, default_flow_style=False)
+
+
+def package_manifest(metadata: dict[str, Any], image: str = PACKAGE_IMAGE) -> str:
+    """The manifest the package stage writes beside the model, for the locally built image."""
+    return to_yaml(
+        render_seldon_deployment(
+            image=image,
+            model_sha256=metadata.get("model_sha256"),
+            git_commit=metadata.get("git_commit"),
+            max_batch_rows=metadata.get("max_batch_rows"),
+        )
+    )
 
 
 def package_metadata(package_dir: Path) -> dict[str, Any]:
