@@ -78,6 +78,19 @@ def test_thousand_row_batch(server: Server, serving_package: Path) -> None:
     assert_answer(serving_package, answer, rows)
 
 
+def test_unseen_category_level_is_encoded_as_in_training(
+    server: Server, serving_package: Path
+) -> None:
+    features = metadata_of(serving_package)["features"]
+    categorical = next(i for i, f in enumerate(features) if f["kind"] == "categorical")
+    rows = raw_rows(serving_package, 3, seed=10)
+    for row in rows:
+        row[categorical] = "a level never seen in training"
+    status, answer = predict(server.url, {"data": {"ndarray": rows}})
+    assert status == 200, answer
+    assert_answer(serving_package, answer, rows)
+
+
 def test_tensor_numbers_only(server: Server, serving_package: Path) -> None:
     """A tensor carries numbers only: categorical features arrive as unseen levels (all zeros)."""
     features = metadata_of(serving_package)["features"]
