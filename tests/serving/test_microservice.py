@@ -268,3 +268,22 @@ def test_sigterm_stops_every_process(
         time.sleep(0.2)
     alive = {pid for pid in members if Path(f"/proc/{pid}").exists()}
     assert not alive, f"still running after SIGTERM: {alive}"
+
+
+def test_batch_limit_from_the_deployment_parameter(
+    serving_package: Path, serve_python: Path, tmp_path: Path
+) -> None:
+    """The rendered manifest passes max_batch_rows as a Seldon parameter; the server obeys it."""
+    parameters = json.dumps([{"name": "max_batch_rows", "type": "INT", "value": "3"}])
+    server = Server(serving_package, extra_args=[f"--parameters={parameters}"])
+    server.start(tmp_path / "server.log")
+    try:
+        server.wait_ready()
+        rows = raw_rows(serving_package, 4, seed=13)
+        status, answer = predict(server.url, {"data": {"ndarray": rows}})
+        assert status == 400, answer
+        assert "the request has 4 rows; at most 3 are allowed" in answer["status"]["info"]
+        status, answer = predict(server.url, {"data": {"ndarray": rows[:3]}})
+        assert status == 200, answer
+    finally:
+        server.stop()
