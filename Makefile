@@ -40,8 +40,15 @@ run: setup ## Set up, then run the pipeline (dvc repro) on the data named in par
 	$(BIN)/dvc repro
 
 .PHONY: test
-test: setup ## Set up, then run every test, the slow end-to-end ones included
+test: setup test-tools ## Set up, then run every test, the slow end-to-end ones included
 	$(BIN)/pytest
+
+# The image test needs Docker, or podman + buildah + debootstrap, which this installs with apt-get
+# where it can. Where it cannot, the image test says why it skips (and fails under CI=true).
+.PHONY: test-tools
+test-tools:
+	@if command -v docker >/dev/null && docker info >/dev/null 2>&1; then :; \
+	else scripts/install-container-tools.sh || echo "warning: no container tools; the image test will skip"; fi
 
 .PHONY: test-fast
 test-fast: setup ## Run the tests not marked slow (no real pipeline run, server or image)
@@ -123,3 +130,7 @@ manifest: $(VENV)/.synced ## Render the SeldonDeployment for IMAGE into MANIFEST
 .PHONY: bench-serving
 bench-serving: setup ## Load-test the served model against plain gunicorn+Flask and in-process (needs wrk)
 	$(BIN)/python benchmarks/serving.py
+
+.PHONY: model-sha256
+model-sha256: ## Print sha256=<sha256 of the packaged model>, for the image's labels
+	@echo "sha256=$$($(BIN)/python -c 'import json; print(json.load(open("models/serving/metadata.json"))["model_sha256"])')"

@@ -64,6 +64,7 @@ def test_package_contents_and_metadata(trained, tmp_path):
         "metadata.json",
         "requirements.txt",
         "sample_request.json",
+        "seldon-deployment.yaml",
     } | {p.name for p in serving_sources()}
     assert set(names) == expected
     model_bytes = (out / "model.joblib").read_bytes()

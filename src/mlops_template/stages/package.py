@@ -14,6 +14,7 @@ from typing import Any
 
 from mlops_template.errors import UserError
 from mlops_template.files import atomic_directory, git_commit, read_json, sha256, write_json
+from mlops_template.manifest import MANIFEST_FILE, package_manifest
 from mlops_template.params import (
     DEFAULT_PARAMS,
     ESTIMATORS,
@@ -115,6 +116,7 @@ def build_package(
         (staging / REQUIREMENTS_FILE).write_text(requirements, encoding="utf-8")
         write_json(staging / SAMPLE_REQUEST_FILE, sample_request(processed / "test.csv", schema))
         write_json(staging / METADATA_FILE, metadata)
+        (staging / MANIFEST_FILE).write_text(package_manifest(metadata), encoding="utf-8")
     log.info("packaged %s (sha256 %s) into %s", estimator, metadata["model_sha256"][:12], out_dir)
     return metadata
 
