@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import multiprocessing
 import os
+import shutil
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from mlops_template.errors import UserError
 
 if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
     import pandas as pd
     from sklearn.pipeline import Pipeline
 
@@ -46,24 +53,152 @@ def check_reachable(uri: str) -> None:
         ) from None
 
 
-def open_store(uri: str) -> str:
-    """Import MLflow and open (or create) the store and experiment; returns the experiment id.
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` tracking URI, else None."""
+    prefix = "sqlite:///"
+    return Path(uri[len(prefix) :]) if uri.startswith(prefix) else None
 
-    The train stage runs this in a thread while it fits: importing MLflow and creating a new
-    SQLite store take several seconds that need not wait for the model.
+
+def create_store(uri: str, staging: Path | None) -> None:
+    """Create a missing SQLite store whole or not at all.
+
+    MLflow builds a new store with dozens of schema migrations; interrupted halfway, the file is
+    left in a state every later run fails on. So the store is built in `staging` and linked into
+    place complete (a link never replaces a store that a parallel run created meanwhile).
     """
+    path = sqlite_path(uri)
+    if path is None or staging is None or path.exists():
+        return
+    from mlflow.tracking import MlflowClient
+
+    staged = staging / path.name
+    MlflowClient(tracking_uri=f"sqlite:///{staged.resolve()}").search_experiments(max_results=1)
+    try:
+        os.link(staged, path)
+    except FileExistsError:
+        pass  # another run created the store meanwhile: use theirs
+    except OSError:  # a file system without hard links
+        if not path.exists():
+            os.replace(staged, path)
+
+
+def open_store(uri: str, staging: Path | None = None) -> str:
+    """Import MLflow, create the store if needed, open the experiment; returns its id."""
+    # MLflow's usage telemetry posts to the internet from a thread that can hold the process
+    # open for seconds at exit; a pipeline run stays offline unless the user opts in.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    # skops first: on import it scans the loaded modules, several times slower once MLflow's are.
+    import skops.io  # noqa: F401, I001
     import mlflow
     import mlflow.sklearn
-    import skops.io  # noqa: F401  (imported here for the same reason)
 
-    mlflow.set_tracking_uri(uri)
-    experiment = mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
-    return experiment.experiment_id
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
+    try:
+        create_store(uri, staging)
+        mlflow.set_tracking_uri(uri)
+        experiment_id = mlflow.set_experiment(name).experiment_id
+    except Exception as error:  # any store failure: one line
+        raise UserError(f"MLflow store {uri}: cannot open experiment {name!r}: {error}") from None
+    return experiment_id
 
 
-def log_run(
+class Tracker:
+    """MLflow in a helper process, so that it runs on the other core while the model trains.
+
+    Importing skops and MLflow, creating a new SQLite store and logging the model take several
+    seconds of Python; in a thread they would queue behind the fitting for the interpreter lock.
+    The helper is forked before the training libraries are imported (nothing heavy is loaded
+    yet, so forking is cheap and safe), opens the store meanwhile, and logs the run when asked.
+    If the stage fails first, the helper is stopped at once: a store it may be creating is
+    still in staging and is thrown away.
+    """
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self._staging: Path | None = None
+        store = sqlite_path(uri)
+        if store is not None and not store.exists():
+            try:
+                store.parent.mkdir(parents=True, exist_ok=True)
+                self._staging = Path(
+                    tempfile.mkdtemp(prefix=f".{store.name}.", suffix=".tmp", dir=store.parent)
+                )
+            except OSError as error:
+                raise UserError(f"MLflow store {uri}: cannot create {store}: {error}") from None
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        self._connection, helper_end = context.Pipe()
+        self._helper = context.Process(
+            target=_helper, args=(helper_end, uri, self._staging), name="mlflow", daemon=True
+        )
+        self._helper.start()
+        helper_end.close()
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._connection.close()
+        if error is not None and self._helper.is_alive():
+            self._helper.terminate()
+        self._helper.join()
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+
+    def log_run(self, *args: Any) -> str:
+        """Send the run to the helper (see `log_run`) and wait for its id."""
+        try:
+            self._connection.send(args)
+            status, value = self._connection.recv()
+        except (EOFError, BrokenPipeError):
+            self._helper.join()
+            raise UserError(
+                f"MLflow store {self.uri}: the logging process exited "
+                f"(code {self._helper.exitcode}) before the run was logged"
+            ) from None
+        if status != "ok":
+            raise UserError(value)
+        return value
+
+
+def _helper(connection: Connection, uri: str, staging: Path | None) -> None:
+    """The helper process: open the store, wait for the run's data, log it, answer."""
+    try:
+        experiment_id = open_store(uri, staging)
+        args = connection.recv()
+        answer = ("ok", log_run(experiment_id, *args))
+    except UserError as error:
+        answer = ("error", str(error))
+    except EOFError:  # the stage failed and closed the pipe: nothing to log
+        return
+    except Exception as error:  # reported to the stage as one line
+        answer = ("error", f"MLflow store {uri}: {type(error).__name__}: {error}")
+    with contextlib.suppress(BrokenPipeError):
+        connection.send(answer)
+
+
+def log_run(experiment_id: str, *args: Any) -> str:
+    """Record one run (see `_record_run`); a failure of the store is reported as one line."""
+    try:
+        return _record_run(experiment_id, *args)
+    except UserError:
+        raise
+    except Exception as error:  # any failure of the store: one line
+        import mlflow
+
+        raise UserError(
+            f"MLflow store {mlflow.get_tracking_uri()}: could not log the run: {error}"
+        ) from None
+
+
+def _record_run(
     experiment_id: str,
     params: TrainParams,
     raw_params: dict[str, Any],
@@ -103,8 +238,8 @@ def log_run(
             name="model",
             signature=infer_signature(example, probabilities),
             input_example=example,
-            # skops (MLflow's safe format) asks which non-standard types to trust on load. This
-            # run just fitted the model in this process, so the types it contains are its own.
+            # skops (MLflow's safe format) asks which non-standard types to trust on load. The
+            # model was fitted by this very run, so the types it contains are its own.
             skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(pipeline)),
             # Named explicitly: inferring them loads the model in a subprocess, seconds per run.
             pip_requirements=[

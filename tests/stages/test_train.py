@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from mlops_template import tracking
 from mlops_template.errors import UserError
 from mlops_template.plots import IMAGE_NAMES
 from mlops_template.stages.process import process
@@ -116,6 +118,59 @@ def test_bad_hyperparameter_fails_before_any_output(workdir, write_params):
     with pytest.raises(UserError, match=r"train\.random_forest\.n_trees"):
         run_train(workdir)
     assert not (workdir / "model.joblib").exists()
+    leftovers = [path.name for path in workdir.iterdir() if "mlflow" in path.name]
+    assert leftovers == [], "the MLflow store being created is discarded, staging and all"
+
+
+def test_a_failure_to_log_the_run_fails_the_stage_and_publishes_nothing(workdir, monkeypatch):
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    # The helper process is forked from this one, so it runs the patched function.
+    monkeypatch.setattr(tracking, "_record_run", full_disk)
+    with pytest.raises(UserError, match=r"could not log the run: .*No space left on device"):
+        run_train(workdir)
+    for name in ("model.joblib", "metrics.json", "plots"):
+        assert not (workdir / name).exists(), name
+
+
+def test_a_logging_process_that_dies_fails_the_stage_instead_of_hanging(workdir, monkeypatch):
+    monkeypatch.setattr(tracking, "_record_run", lambda *args: os._exit(3))
+    with pytest.raises(UserError, match=r"logging process exited \(code 3\)"):
+        run_train(workdir)
+    assert not (workdir / "metrics.json").exists()
+
+
+def test_a_store_creation_cut_short_leaves_no_store(tmp_path):
+    """Killed during MLflow's schema migrations, the new store is not left half-built."""
+    store = tmp_path / "mlflow.db"
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    uri = f"sqlite:///{store}"
+    creator = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from mlops_template.tracking import "
+            "create_store; create_store(sys.argv[1], Path(sys.argv[2]))",
+            uri,
+            str(staging),
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (staging / store.name).exists():
+            assert creator.poll() is None, "the creator ended before it began the store"
+            assert time.monotonic() < deadline, "the staged store never appeared"
+            time.sleep(0.01)
+    finally:
+        creator.kill()
+        creator.wait()
+    assert not store.exists()
+
+    tracking.create_store(uri, tmp_path / "staging")
+    client = MlflowClient(tracking_uri=uri)
+    assert [e.name for e in client.search_experiments()] == ["Default"]
 
 
 @pytest.mark.slow

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +13,8 @@ from mlops_template.params import DEFAULT_PARAMS, TrainParams, load_params, trai
 
 if TYPE_CHECKING:
     from sklearn.base import ClassifierMixin
+
+    from mlops_template.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +32,12 @@ def train(
 
     raw = load_params(params_path)
     params = train_params(raw)
-    estimator = build_estimator(params)
     uri = tracking.tracking_uri(Path.cwd())
     tracking.check_reachable(uri)
-    with ThreadPoolExecutor(max_workers=1) as background:
-        store = background.submit(tracking.open_store, uri)
+    with tracking.Tracker(uri) as tracker:
+        estimator = build_estimator(params)
         return _fit_evaluate_write(
-            processed, model_path, metrics_path, plots_dir, raw, params, estimator, store
+            processed, model_path, metrics_path, plots_dir, raw, params, estimator, tracker
         )
 
 
@@ -49,12 +49,11 @@ def _fit_evaluate_write(
     raw: dict[str, Any],
     params: TrainParams,
     estimator: ClassifierMixin,
-    store: Future[str],
+    tracker: Tracker,
 ) -> dict[str, float]:
-    """Fit, evaluate, stage all outputs, log to MLflow (once `store` is open), then publish."""
+    """Fit, evaluate, stage all outputs, log the run to MLflow, then publish."""
     import joblib
 
-    from mlops_template import tracking
     from mlops_template.dataset import read_schema, read_split
     from mlops_template.evaluate import evaluate
     from mlops_template.model import build_pipeline
@@ -83,10 +82,7 @@ def _fit_evaluate_write(
         example = test_features.dropna().head(3)
         if example.empty:
             example = test_features.head(3)
-        experiment_id = store.result()
-        tracking.log_run(
-            experiment_id, params, raw, pipeline, evaluation, example, images, git_commit()
-        )
+        tracker.log_run(params, raw, pipeline, evaluation, example, images, git_commit())
     log.info("%s: %s", params.model, ", ".join(f"{k}={v}" for k, v in evaluation.metrics.items()))
     return evaluation.metrics
 
