@@ -153,7 +153,7 @@ class Tracker:
             shutil.rmtree(self._staging, ignore_errors=True)
 
     def log_run(self, *args: Any) -> str:
-        """Send the run to the helper (see `log_run`) and wait for its id."""
+        """Send the run to the helper (see `_record_run`) and wait for its id."""
         try:
             self._connection.send(args)
             status, value = self._connection.recv()
@@ -169,33 +169,22 @@ class Tracker:
 
 
 def _helper(connection: Connection, uri: str, staging: Path | None) -> None:
-    """The helper process: open the store, wait for the run's data, log it, answer."""
+    """The helper process: open the store, wait for the run's data, log it, answer.
+
+    Every failure goes back to the stage as one line; the store's own are already UserErrors.
+    """
     try:
         experiment_id = open_store(uri, staging)
         args = connection.recv()
-        answer = ("ok", log_run(experiment_id, *args))
+        answer = ("ok", _record_run(experiment_id, *args))
     except UserError as error:
         answer = ("error", str(error))
     except EOFError:  # the stage failed and closed the pipe: nothing to log
         return
     except Exception as error:  # reported to the stage as one line
-        answer = ("error", f"MLflow store {uri}: {type(error).__name__}: {error}")
+        answer = ("error", f"MLflow store {uri}: could not log the run: {error}")
     with contextlib.suppress(BrokenPipeError):
         connection.send(answer)
-
-
-def log_run(experiment_id: str, *args: Any) -> str:
-    """Record one run (see `_record_run`); a failure of the store is reported as one line."""
-    try:
-        return _record_run(experiment_id, *args)
-    except UserError:
-        raise
-    except Exception as error:  # any failure of the store: one line
-        import mlflow
-
-        raise UserError(
-            f"MLflow store {mlflow.get_tracking_uri()}: could not log the run: {error}"
-        ) from None
 
 
 def _record_run(
