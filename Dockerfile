@@ -36,6 +36,9 @@ RUN python3 -m venv /opt/venv \
     && pip install --require-hashes --no-deps -r /app/requirements.txt
 
 COPY models/serving/ /app/
+# The commit the image was built from, in every answer's meta.tags (the package itself holds none,
+# so that its bytes do not change from one commit to the next).
+ENV GIT_COMMIT=${GIT_COMMIT}
 # The package may be written owner-only; the server runs as another user and never writes here.
 # Bytecode is compiled now because that user cannot write __pycache__ at start.
 RUN chmod -R a+rX /app && python3 -m compileall -q /app

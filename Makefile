@@ -95,7 +95,9 @@ report: $(VENV)/.synced ## Write report.md: params, metrics and plots against BA
 deploy: $(VENV)/.synced ## kubectl-apply MANIFEST, wait, smoke-test, roll back on failure (DRY_RUN=true: validate only)
 	$(BIN)/mlops deploy --manifest $(MANIFEST) $(if $(filter true,$(DRY_RUN)),--dry-run) $(if $(KUBECONFIG_ENV),--kubeconfig-env $(KUBECONFIG_ENV))
 
-# Serving: the package `make run` writes (models/serving), locally and as an image (docs/serving.md).
+# Serving: the package `make run` writes, locally and as an image (docs/serving.md). Its layout
+# and metadata belong to its own contract.py; PACKAGE is where dvc.yaml's package stage writes it.
+PACKAGE := models/serving
 IMAGE ?= localhost/mlops-template-model:latest
 HTTP_PORT ?= 9000
 GRPC_PORT ?= 5000
@@ -103,13 +105,13 @@ METRICS_PORT ?= 6000
 
 .PHONY: serve
 serve: $(SERVE_VENV)/.synced ## Serve models/serving like the image does (HTTP 9000, gRPC 5000, metrics 6000)
-	@test -f models/serving/metadata.json || { echo "error: models/serving not found: run 'make run' first" >&2; exit 2; }
-	$(SERVE_VENV)/bin/python models/serving/serve.py --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+	@test -f $(PACKAGE)/serve.py || { echo "error: $(PACKAGE) not found: run 'make run' first" >&2; exit 2; }
+	$(SERVE_VENV)/bin/python $(PACKAGE)/serve.py --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
 .PHONY: predict
 predict: ## Post models/serving/sample_request.json to `make serve` and print the answer
 	@curl --silent --show-error --fail-with-body --header 'Content-Type: application/json' \
-		--data @models/serving/sample_request.json http://127.0.0.1:$(HTTP_PORT)/api/v1.0/predictions && echo
+		--data @$(PACKAGE)/sample_request.json http://127.0.0.1:$(HTTP_PORT)/api/v1.0/predictions && echo
 
 .PHONY: image
 image: ## Build the serving image IMAGE from models/serving (Docker, or podman without an engine)
@@ -133,4 +135,4 @@ bench-serving: setup ## Load-test the served model against plain gunicorn+Flask 
 
 .PHONY: model-sha256
 model-sha256: ## Print sha256=<sha256 of the packaged model>, for the image's labels
-	@echo "sha256=$$($(BIN)/python -c 'import json; print(json.load(open("models/serving/metadata.json"))["model_sha256"])')"
+	@sha=$$(python3 $(PACKAGE)/contract.py model_sha256) && echo "sha256=$$sha"

@@ -10,6 +10,8 @@
 #   BASE_IMAGE=...                  base image to build on (default: python:3.11-slim with Docker,
 #                                   the local debootstrap base with podman)
 #   DEBIAN_MIRROR=...               mirror for debootstrap (default: http://deb.debian.org/debian)
+#   GIT_COMMIT=...                  the commit recorded in the image's labels and answers
+#                                   (default: CONTEXT's HEAD, with -dirty if it has changes)
 set -euo pipefail
 
 if [[ $# -lt 1 || $# -gt 2 || -z $1 ]]; then
@@ -19,21 +21,27 @@ fi
 image=$1
 context=${2:-.}
 repo=$(cd "$(dirname "$0")/.." && pwd)
-metadata=$context/models/serving/metadata.json
+package=$context/models/serving
 base_name=localhost/mlops-template-base:bookworm
 base_tarball=$repo/.cache/base-image/debian-bookworm-python3.tar
 # A TLS-inspecting proxy's CA is in the host's bundle, not in the base image's.
 host_ca_bundle=/etc/ssl/certs/ca-certificates.crt
 
-if [[ ! -f $metadata ]]; then
-    echo "error: $metadata not found: run the pipeline first (make run)" >&2
+if [[ ! -f $package/contract.py ]]; then
+    echo "error: $package not found: run the pipeline first (make run)" >&2
     exit 2
 fi
-read_metadata() {
-    python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$metadata" "$1"
+# The package's own contract reads and validates its metadata.
+model_sha256=$(python3 "$package/contract.py" model_sha256)
+commit_of() {
+    local commit
+    commit=$(git -C "$1" rev-parse --verify --quiet HEAD 2>/dev/null) || { echo unknown; return; }
+    if [[ -n $(git -C "$1" status --porcelain --untracked-files=no 2>/dev/null) ]]; then
+        commit+=-dirty
+    fi
+    echo "$commit"
 }
-model_sha256=$(read_metadata model_sha256)
-git_commit=$(read_metadata git_commit)
+git_commit=${GIT_COMMIT:-$(commit_of "$context")}
 
 engine=${CONTAINER_ENGINE:-}
 if [[ -z $engine ]]; then
@@ -101,4 +109,4 @@ case $engine in
         exit 2
         ;;
 esac
-echo "built $image (model sha256 ${model_sha256:0:12}) with $engine" >&2
+echo "built $image (model sha256 ${model_sha256:0:12}, commit $git_commit) with $engine" >&2

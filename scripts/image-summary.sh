@@ -1,27 +1,25 @@
 #!/usr/bin/env bash
 # Print the Markdown job summary for a pushed image: its reference, digest and the sha256 of the
-# model file inside it (from models/serving/metadata.json), so a deploy can be traced to a model.
+# model file inside it (read by the package's own contract.py), so a deploy can be traced to a model.
 #
-# usage: scripts/image-summary.sh IMAGE [DIGEST] [METADATA]   (PYTHON=... to choose the interpreter)
+# usage: scripts/image-summary.sh IMAGE [DIGEST] [PACKAGE_DIR]   (default PACKAGE_DIR: models/serving;
+#        PYTHON=... to choose the interpreter)
 set -euo pipefail
 
 if [[ $# -lt 1 || $# -gt 3 || -z $1 ]]; then
-    echo "usage: $0 IMAGE [DIGEST] [METADATA]" >&2
+    echo "usage: $0 IMAGE [DIGEST] [PACKAGE_DIR]" >&2
     exit 2
 fi
 image=$1
 digest=${2:-}
-metadata=${3:-models/serving/metadata.json}
+package=${3:-models/serving}
 
-if [[ ! -f $metadata ]]; then
-    echo "error: $metadata not found; run the pipeline (make run) first" >&2
+if [[ ! -f $package/contract.py ]]; then
+    echo "error: $package/contract.py not found; run the pipeline (make run) first" >&2
     exit 2
 fi
-model_sha256=$("${PYTHON:-python3}" -c '
-import json, sys
-with open(sys.argv[1], encoding="utf-8") as handle:
-    print(json.load(handle)["model_sha256"])
-' "$metadata" 2>/dev/null) || { echo "error: $metadata has no model_sha256" >&2; exit 2; }
+# contract.py validates the metadata and prints one line naming the problem if it cannot.
+model_sha256=$("${PYTHON:-python3}" "$package/contract.py" model_sha256) || exit 2
 
 echo "### Image"
 echo

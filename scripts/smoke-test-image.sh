@@ -14,14 +14,14 @@ fi
 image=$1
 package=${2:-models/serving}
 python=${PYTHON:-python3}
-for file in metadata.json sample_request.json; do
+for file in contract.py sample_request.json; do
     if [[ ! -f $package/$file ]]; then
         echo "error: $package/$file not found; run the pipeline (make run) first" >&2
         exit 2
     fi
 done
-field() { "$python" -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$package/metadata.json" "$1"; }
-model_sha256=$(field model_sha256)
+# The package's own contract reads and validates its metadata.
+model_sha256=$("$python" "$package/contract.py" model_sha256)
 port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 url=http://127.0.0.1:$port
 log=$(mktemp)
@@ -79,13 +79,15 @@ answer=$(curl --silent --show-error --fail-with-body -H 'Content-Type: applicati
 "$python" - "$package" "$answer" <<'PY' || { logs; fail "sample request answered wrongly: $answer"; }
 import json, sys
 package, answer = sys.argv[1], json.loads(sys.argv[2])
-metadata = json.load(open(f"{package}/metadata.json"))
-rows = json.load(open(f"{package}/sample_request.json"))["data"]["ndarray"]
+sys.path.insert(0, package)
+from contract import SAMPLE_REQUEST_FILE, PackageMetadata
+metadata = PackageMetadata.read(package)
+rows = json.load(open(f"{package}/{SAMPLE_REQUEST_FILE}"))["data"]["ndarray"]
 probabilities = answer["data"]["ndarray"]
-assert answer["data"]["names"] == metadata["classes"]
+assert answer["data"]["names"] == list(metadata.classes)
 assert len(probabilities) == len(rows)
 assert all(abs(sum(row) - 1) < 1e-6 for row in probabilities)
-assert answer["meta"]["tags"]["model_sha256"] == metadata["model_sha256"]
+assert answer["meta"]["tags"]["model_sha256"] == metadata.model_sha256
 PY
 
 status=$(curl --silent --output /dev/null --write-out '%{http_code}' -H 'Content-Type: application/json' \

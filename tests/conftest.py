@@ -32,6 +32,27 @@ def messy_frame(n_rows: int = 90, labels: tuple[Any, ...] = ("ant", "bee", "cat"
     return frame
 
 
+def package_metadata(**fields: Any):
+    """A valid serving-package metadata record; keyword arguments replace fields."""
+    from mlops_template.serving import contract
+
+    values: dict[str, Any] = {
+        "estimator": "RandomForestClassifier",
+        "target": "label",
+        "features": (
+            contract.Feature("length", contract.NUMERIC),
+            contract.Feature("colour", contract.CATEGORICAL, ("blue", "red")),
+        ),
+        "classes": ("ant", "bee"),
+        "metrics": {"accuracy": 0.9},
+        "training_rows": 60,
+        "max_batch_rows": 100,
+        "model_sha256": "ab" * 32,
+        "versions": dict.fromkeys(contract.VERSIONED_LIBRARIES, "1.0"),
+    }
+    return contract.PackageMetadata(**{**values, **fields})
+
+
 def params_dict(**sections: dict[str, Any]) -> dict[str, Any]:
     """The repository's params.yaml with some keys of some sections replaced."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())

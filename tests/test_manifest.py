@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,8 @@ import yaml
 from mlops_template.deploy import read_target
 from mlops_template.errors import UserError
 from mlops_template.manifest import package_manifest, render_seldon_deployment, to_yaml
+
+from .conftest import package_metadata
 
 SHA = "ab" * 32
 
@@ -59,11 +60,10 @@ def test_renders_image_replicas_resources_probes_and_hpa() -> None:
     assert predictor["graph"]["type"] == "MODEL"
 
 
-def test_batch_limit_becomes_a_model_parameter() -> None:
-    manifest = render_seldon_deployment(image="registry:5000/team/model@sha256:" + "0" * 64,
-                                        max_batch_rows=500)  # fmt: skip
-    parameters = manifest["spec"]["predictors"][0]["graph"]["parameters"]
-    assert parameters == [{"name": "max_batch_rows", "type": "INT", "value": "500"}]
+def test_model_settings_travel_in_the_package_not_the_manifest() -> None:
+    """One route for the batch limit: the package's metadata, not a Seldon graph parameter."""
+    manifest = render_seldon_deployment(image="registry:5000/team/model@sha256:" + "0" * 64)
+    assert "parameters" not in manifest["spec"]["predictors"][0]["graph"]
 
 
 def test_yaml_round_trips_and_the_deploy_command_can_read_it(tmp_path: Path) -> None:
@@ -113,8 +113,7 @@ def write_package(root: Path) -> Path:
     """A package directory with the metadata the command reads."""
     package = root / "serving"
     package.mkdir()
-    metadata = {"model_sha256": SHA, "git_commit": "c0ffee", "max_batch_rows": 123}
-    (package / "metadata.json").write_text(json.dumps(metadata))
+    package_metadata(model_sha256=SHA).write(package)
     return package
 
 
@@ -122,13 +121,16 @@ def test_cli_writes_the_manifest_with_the_package_identity(tmp_path: Path) -> No
     package = write_package(tmp_path)
     out = tmp_path / "build" / "seldon.yaml"
     options = ["--image", "ghcr.io/acme/penguins:9", "--namespace", "prod", "--replicas", "2"]
+    options += ["--git-commit", "c0ffee"]
     done = run_cli("manifest", *options, "--package", str(package), "--out", str(out), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     manifest = yaml.safe_load(out.read_text())
     assert container_of(manifest)["image"] == "ghcr.io/acme/penguins:9"
     assert manifest["metadata"]["namespace"] == "prod"
-    assert manifest["metadata"]["annotations"]["mlops-template/model-sha256"] == SHA
-    assert manifest["spec"]["predictors"][0]["graph"]["parameters"][0]["value"] == "123"
+    assert manifest["metadata"]["annotations"] == {
+        "mlops-template/model-sha256": SHA,
+        "mlops-template/git-commit": "c0ffee",
+    }
 
 
 @pytest.mark.parametrize(
@@ -138,6 +140,7 @@ def test_cli_writes_the_manifest_with_the_package_identity(tmp_path: Path) -> No
         (["--image", "x:1", "--replicas", "0"], "error: replicas must be a whole number"),
         (["--image", "x:1", "--namespace", "Prod"], "error: namespace 'Prod' is not a valid"),
         (["--image", "x:1", "--package", "missing"], "error: missing/metadata.json not found"),
+        (["--image", "x:1", "--package", "."], "error: metadata.json not found"),
     ],
 )
 def test_cli_bad_input_is_one_line_exit_2_and_no_file(
@@ -154,9 +157,8 @@ def test_cli_bad_input_is_one_line_exit_2_and_no_file(
     assert not out.exists()
 
 
-def test_package_manifest_names_the_model_and_its_batch_limit() -> None:
-    metadata = {"model_sha256": SHA, "git_commit": "c0ffee", "max_batch_rows": 77}
-    manifest = yaml.safe_load(package_manifest(metadata))
+def test_package_manifest_names_the_model_and_no_commit() -> None:
+    """The package's own manifest: the model's sha256, nothing that changes with each commit."""
+    manifest = yaml.safe_load(package_manifest(package_metadata(model_sha256=SHA)))
     assert container_of(manifest)["image"] == "localhost/mlops-template-model:latest"
-    assert manifest["metadata"]["annotations"]["mlops-template/model-sha256"] == SHA
-    assert manifest["spec"]["predictors"][0]["graph"]["parameters"][0]["value"] == "77"
+    assert manifest["metadata"]["annotations"] == {"mlops-template/model-sha256": SHA}

@@ -72,5 +72,6 @@ def test_missing_and_malformed_files(tmp_path):
 
 
 def test_batch_limit_must_be_positive():
-    with pytest.raises(UserError, match=r"package\.max_batch_rows must be at least 1"):
-        package_params(params_dict(package={"max_batch_rows": 0}))
+    for value in (0, True, "10"):
+        with pytest.raises(UserError, match=r"package\.max_batch_rows must be a whole number"):
+            package_params(params_dict(package={"max_batch_rows": value}))

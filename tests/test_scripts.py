@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from .conftest import package_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC_REMOTE = ROOT / "scripts" / "dvc-remote.sh"
@@ -76,11 +79,25 @@ def test_dvc_remote_rejects_an_unknown_action(tmp_path: Path) -> None:
     assert "usage:" in done.stderr
 
 
-def test_image_summary_names_the_image_digest_and_model_sha(tmp_path: Path) -> None:
-    metadata = tmp_path / "metadata.json"
-    metadata.write_text(json.dumps({"model_sha256": "ab" * 32, "estimator": "x"}))
+@pytest.fixture
+def package_dir(tmp_path: Path) -> Path:
+    """A package directory with its contract module and a valid metadata record."""
+    from mlops_template.serving import contract
+
+    package = tmp_path / "serving"
+    package.mkdir()
+    shutil.copyfile(contract.__file__, package / "contract.py")
+    package_metadata(model_sha256="ab" * 32).write(package)
+    return package
+
+
+def test_image_summary_names_the_image_digest_and_model_sha(package_dir: Path) -> None:
     out = sh(
-        IMAGE_SUMMARY, "ghcr.io/owner/repo:abc123", "sha256:" + "cd" * 32, metadata, cwd=tmp_path
+        IMAGE_SUMMARY,
+        "ghcr.io/owner/repo:abc123",
+        "sha256:" + "cd" * 32,
+        package_dir,
+        cwd=package_dir.parent,
     )
     assert "| image | `ghcr.io/owner/repo:abc123` |" in out
     assert f"| pull by digest | `ghcr.io/owner/repo@sha256:{'cd' * 32}` |" in out
@@ -88,22 +105,30 @@ def test_image_summary_names_the_image_digest_and_model_sha(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize(
-    ("content", "message"),
-    [(None, "not found; run the pipeline"), ("{}", "has no model_sha256")],
+    ("damage", "message"),
+    [
+        ("no package", "contract.py not found; run the pipeline"),
+        ("empty metadata", r"metadata keys: missing \['classes'"),
+        ("bad sha256", "model_sha256 must be 64 hex digits"),
+    ],
 )
-def test_image_summary_without_model_metadata_is_a_one_line_error(
-    tmp_path: Path, content: str | None, message: str
+def test_image_summary_without_valid_metadata_is_a_one_line_error(
+    package_dir: Path, damage: str, message: str
 ) -> None:
-    metadata = tmp_path / "metadata.json"
-    if content is not None:
-        metadata.write_text(content)
+    metadata = package_dir / "metadata.json"
+    if damage == "no package":
+        shutil.rmtree(package_dir)
+    elif damage == "empty metadata":
+        metadata.write_text("{}")
+    else:
+        metadata.write_text(metadata.read_text().replace("ab" * 32, "not a sha"))
     done = subprocess.run(
-        [str(IMAGE_SUMMARY), "ghcr.io/owner/repo:x", "", str(metadata)],
+        [str(IMAGE_SUMMARY), "ghcr.io/owner/repo:x", "", str(package_dir)],
         capture_output=True,
         text=True,
         check=False,
     )
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0
-    assert message in done.stderr
+    assert re.search(message, done.stderr), done.stderr
     assert done.stdout == ""

@@ -30,8 +30,9 @@ OTHER_RUN_STEPS = {
     '--watermark-title="Model report" report.md',
     'scripts/smoke-test-image.sh "$IMAGE"',
     'scripts/image-summary.sh "$IMAGE" "$DIGEST" >> "$GITHUB_STEP_SUMMARY"',
-    '.venv/bin/mlops manifest --image "$IMAGE" --namespace "$NAMESPACE" '
-    '--replicas "$REPLICAS" --max-replicas "$MAX_REPLICAS" --out build/seldon-deployment.yaml',
+    '.venv/bin/mlops manifest --image "$IMAGE" --git-commit "$GIT_COMMIT" '
+    '--namespace "$NAMESPACE" --replicas "$REPLICAS" --max-replicas "$MAX_REPLICAS" '
+    "--out build/seldon-deployment.yaml",
 }
 SAME_REPOSITORY = "github.event.pull_request.head.repo.full_name == github.repository"
 

@@ -7,12 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 from mlops_template.errors import UserError
 from mlops_template.files import read_json
+from mlops_template.serving.contract import CATEGORICAL, NUMERIC
 
 if TYPE_CHECKING:
     import pandas as pd
-
-NUMERIC = "numeric"
-CATEGORICAL = "categorical"
 
 
 def feature_names(schema: dict[str, Any], kind: str | None = None) -> list[str]:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlops_template.errors import UserError
+from mlops_template.serving import contract
 
 logger = logging.getLogger(__name__)
 
@@ -351,7 +352,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--request",
         type=Path,
-        default=Path("models/serving/sample_request.json"),
+        default=contract.DEFAULT_DIR / contract.SAMPLE_REQUEST_FILE,
         help="smoke request sent through the cluster (default: %(default)s)",
     )
     parser.add_argument(

@@ -8,7 +8,6 @@ before anything is rendered, so a bad value is one clear message and no file.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import re
 import sys
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from mlops_template.errors import UserError
+from mlops_template.serving import contract
+from mlops_template.serving.contract import PackageMetadata
 
 logger = logging.getLogger(__name__)
 
@@ -23,8 +24,6 @@ API_VERSION = "machinelearning.seldon.io/v1"
 KIND = "SeldonDeployment"
 CONTAINER = "classifier"
 PREDICTOR = "default"
-DEFAULT_PACKAGE = Path("models/serving")
-MANIFEST_FILE = "seldon-deployment.yaml"
 # `make image`'s default tag; the deploy workflow renders again with the pushed image.
 PACKAGE_IMAGE = "localhost/mlops-template-model:latest"
 # Ports the operator gives the model container (it sets PREDICTIVE_UNIT_*_PORT to match).
@@ -94,7 +93,6 @@ def render_seldon_deployment(
     threads: int = 1,
     model_sha256: str | None = None,
     git_commit: str | None = None,
-    max_batch_rows: int | None = None,
 ) -> dict[str, Any]:
     """Build a SeldonDeployment (v1) for the serving image; raise UserError on a bad argument."""
     check_image(image)
@@ -112,8 +110,6 @@ def render_seldon_deployment(
         (memory_limit, "memory_limit"),
     ):
         check_quantity(value, what)
-    if max_batch_rows is not None:
-        check_at_least(max_batch_rows, 1, "max_batch_rows")
 
     labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "mlops-template"}
     annotations = {}
@@ -156,12 +152,8 @@ def render_seldon_deployment(
             "capabilities": {"drop": ["ALL"]},
         },
     }
-    graph: dict[str, Any] = {"name": CONTAINER, "type": "MODEL", "endpoint": {"type": "REST"}}
-    if max_batch_rows is not None:
-        # Passed to Model(max_batch_rows=...) by the microservice.
-        graph["parameters"] = [
-            {"name": "max_batch_rows", "type": "INT", "value": str(max_batch_rows)}
-        ]
+    # Settings of the model itself (the batch limit) travel in the package's metadata only.
+    graph = {"name": CONTAINER, "type": "MODEL", "endpoint": {"type": "REST"}}
     metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(labels)}
     if annotations:
         metadata["annotations"] = annotations
@@ -214,29 +206,20 @@ def to_yaml(manifest: dict[str, Any]) -> str:
     return yaml.safe_dump(manifest, sort_keys=False, default_flow_style=False)
 
 
-def package_manifest(metadata: dict[str, Any], image: str = PACKAGE_IMAGE) -> str:
-    """The manifest the package stage writes beside the model, for the locally built image."""
-    return to_yaml(
-        render_seldon_deployment(
-            image=image,
-            model_sha256=metadata.get("model_sha256"),
-            git_commit=metadata.get("git_commit"),
-            max_batch_rows=metadata.get("max_batch_rows"),
-        )
-    )
+def package_manifest(metadata: PackageMetadata, image: str = PACKAGE_IMAGE) -> str:
+    """The manifest the package stage writes beside the model, for the locally built image.
+
+    No commit in it: the package's bytes must not change from one commit to the next.
+    """
+    return to_yaml(render_seldon_deployment(image=image, model_sha256=metadata.model_sha256))
 
 
-def package_metadata(package_dir: Path) -> dict[str, Any]:
-    """metadata.json of a serving package (model sha256, git commit, batch limit)."""
-    path = package_dir / "metadata.json"
+def read_package(package_dir: Path) -> PackageMetadata:
+    """The validated metadata of a serving package, or UserError saying what is wrong."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(
-            f"{path} not found: run the pipeline (dvc repro) or pass --package DIR"
-        ) from None
-    except ValueError as error:
-        raise UserError(f"{path} is not valid JSON: {error}") from None
+        return PackageMetadata.read(package_dir)
+    except contract.ContractError as error:
+        raise UserError(f"{error} (pass --package DIR for another package)") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -258,8 +241,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--package",
         type=Path,
-        default=DEFAULT_PACKAGE,
-        help="serving package whose model sha256, git commit and batch limit are recorded",
+        default=contract.DEFAULT_DIR,
+        help="serving package whose model sha256 is recorded (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--git-commit",
+        metavar="SHA",
+        help="the commit the image was built from, recorded as an annotation",
     )
     parser.add_argument("--out", type=Path, help="file to write (default: standard output)")
 
@@ -268,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
     """Entry point for `mlops manifest`."""
     from mlops_template.files import write_text
 
-    metadata = package_metadata(args.package)
+    metadata = read_package(args.package)
     manifest = render_seldon_deployment(
         image=args.image,
         name=args.name,
@@ -282,9 +270,8 @@ def run(args: argparse.Namespace) -> int:
         target_cpu_utilization=args.target_cpu_utilization,
         workers=args.workers,
         threads=args.threads,
-        model_sha256=metadata.get("model_sha256"),
-        git_commit=metadata.get("git_commit"),
-        max_batch_rows=metadata.get("max_batch_rows"),
+        model_sha256=metadata.model_sha256,
+        git_commit=args.git_commit,
     )
     text = to_yaml(manifest)
     if args.out is None:

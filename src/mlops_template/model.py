@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlops_template.dataset import CATEGORICAL, NUMERIC, feature_names
 from mlops_template.errors import UserError
-from mlops_template.params import ESTIMATORS, TrainParams
+from mlops_template.params import TrainParams
 
 if TYPE_CHECKING:
     from sklearn.base import ClassifierMixin
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 def build_estimator(params: TrainParams) -> ClassifierMixin:
     """Instantiate the estimator and check every hyperparameter before anything is fitted."""
-    module_name, class_name = ESTIMATORS[params.model].split(":")
+    module_name, class_name = params.estimator_import
     estimator_class = getattr(importlib.import_module(module_name), class_name)
     estimator = estimator_class()
     valid = estimator.get_params()

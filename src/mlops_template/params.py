@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from mlops_template.errors import UserError
+from mlops_template.serving.contract import ContractError, check_max_batch_rows
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -45,6 +46,17 @@ class TrainParams:
     model: str
     random_state: int
     hyperparameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def estimator_import(self) -> tuple[str, str]:
+        """(module, class) of the chosen scikit-learn estimator."""
+        module_name, _, class_name = ESTIMATORS[self.model].partition(":")
+        return module_name, class_name
+
+    @property
+    def estimator_class(self) -> str:
+        """The estimator's class name, e.g. RandomForestClassifier, as the package records it."""
+        return self.estimator_import[1]
 
 
 @dataclass(frozen=True)
@@ -126,9 +138,10 @@ def train_params(raw: dict[str, Any]) -> TrainParams:
 def package_params(raw: dict[str, Any]) -> PackageParams:
     """Validate the `package` section."""
     section = _section(raw, "package")
-    max_batch_rows = _get(section, "package", "max_batch_rows", int)
-    if max_batch_rows < 1:
-        raise UserError(
-            f"params.yaml: package.max_batch_rows must be at least 1, got {max_batch_rows}"
-        )
+    if "max_batch_rows" not in section:
+        raise UserError("params.yaml: package.max_batch_rows is missing")
+    try:
+        max_batch_rows = check_max_batch_rows(section["max_batch_rows"])
+    except ContractError as error:
+        raise UserError(f"params.yaml: package.{error}") from None
     return PackageParams(max_batch_rows=max_batch_rows)

@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 from mlops_template.errors import UserError
 from mlops_template.plots import IMAGE_NAMES
+from mlops_template.serving import contract
 
 if TYPE_CHECKING:
     from dvc.repo import Repo
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_OUT = Path("report.md")
-DEFAULT_PACKAGE = Path("models/serving")
 WORKSPACE = "workspace"  # DVC's name for the working tree in diff and show results
 DECIMALS = 6  # metrics.json is rounded to 6 decimals, so smaller differences are noise
 # Metrics whose name ends like this improve downwards (log_loss); every other one upwards.
@@ -346,42 +346,36 @@ def human_size(size: int) -> str:
 
 
 def model_card(package: Path) -> tuple[list[tuple[str, str]], list[str]]:
-    """Rows for the model card from the serving package's metadata.json, and notes on problems."""
-    from mlops_template.files import read_json, sha256
-    from mlops_template.stages.package import METADATA_FILE, MODEL_FILE
+    """Rows for the model card from the serving package's metadata, and notes on problems."""
+    from mlops_template.files import sha256
 
-    metadata_path = package / METADATA_FILE
     try:
-        metadata = read_json(metadata_path)
-    except (OSError, ValueError) as error:
-        return [], [f"No model card: cannot read `{metadata_path}` ({error}); run `dvc repro`."]
-    if not isinstance(metadata, dict):
-        return [], [f"No model card: `{metadata_path}` is not a JSON object."]
+        metadata = contract.PackageMetadata.read(package)
+    except contract.ContractError as error:
+        return [], [f"No model card: {error}; run `dvc repro`."]
     notes: list[str] = []
-    features = [
-        str(feature.get("name", feature)) if isinstance(feature, dict) else str(feature)
-        for feature in metadata.get("features", [])
-    ]
+    features = metadata.feature_names
     listed = ", ".join(f"`{name}`" for name in features[:LISTED_FEATURES])
     if len(features) > LISTED_FEATURES:
         listed += f", … ({len(features) - LISTED_FEATURES} more)"
-    model_path = package / str(metadata.get("model_file", MODEL_FILE))
-    recorded = metadata.get("model_sha256")
+    model_path = package / contract.MODEL_FILE
     if model_path.is_file():
         size = human_size(model_path.stat().st_size)
-        if recorded and sha256(model_path) != recorded:
-            notes.append(f"`{model_path}` does not match the sha256 in `{metadata_path}`.")
+        if sha256(model_path) != metadata.model_sha256:
+            notes.append(
+                f"`{model_path}` does not match the sha256 in `{package / contract.METADATA_FILE}`."
+            )
     else:
         size = MISSING
         notes.append(f"`{model_path}` is missing; run `dvc repro`.")
     rows = [
-        ("Estimator", f"`{metadata.get('estimator', MISSING)}`"),
-        ("Target", f"`{metadata.get('target', MISSING)}`"),
-        ("Classes", ", ".join(f"`{name}`" for name in metadata.get("classes", [])) or MISSING),
-        ("Training rows", str(metadata.get("training_rows", MISSING))),
-        (f"Features ({len(features)})", listed or MISSING),
+        ("Estimator", f"`{metadata.estimator}`"),
+        ("Target", f"`{metadata.target}`"),
+        ("Classes", ", ".join(f"`{name}`" for name in metadata.classes)),
+        ("Training rows", str(metadata.training_rows)),
+        (f"Features ({len(features)})", listed),
         ("Model size", size),
-        ("sha256", f"`{recorded}`" if recorded else MISSING),
+        ("sha256", f"`{metadata.model_sha256}`"),
     ]
     return rows, notes
 
@@ -563,9 +557,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--package",
         type=Path,
-        default=DEFAULT_PACKAGE,
+        default=contract.DEFAULT_DIR,
         metavar="DIR",
-        help=f"the serving package the model card is read from (default: {DEFAULT_PACKAGE})",
+        help=f"the serving package the model card is read from (default: {contract.DEFAULT_DIR})",
     )
 
 

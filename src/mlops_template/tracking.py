@@ -10,11 +10,13 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from mlops_template.errors import UserError
+from mlops_template.serving.contract import VERSIONED_LIBRARIES
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -23,13 +25,40 @@ if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
     from mlops_template.evaluate import Evaluation
-    from mlops_template.params import TrainParams
+    from mlops_template.params import DataParams, ProcessParams, TrainParams
 
 log = logging.getLogger(__name__)
 
 LOCAL_STORE = "mlflow.db"
 DEFAULT_EXPERIMENT = "mlops-template"
 REACH_TIMEOUT_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One training run, as the train stage hands it to MLflow."""
+
+    train: TrainParams
+    data: DataParams
+    process: ProcessParams
+    pipeline: Pipeline
+    evaluation: Evaluation
+    input_example: pd.DataFrame
+    images: tuple[Path, ...]
+    git_commit: str
+
+    def params(self) -> dict[str, Any]:
+        """The run's MLflow params: the model, its settings, and the data they were fitted on."""
+        return {
+            "model": self.train.model,
+            "random_state": self.train.random_state,
+            "target": self.data.target,
+            "test_size": self.process.test_size,
+            **{
+                f"{self.train.model}.{key}": value
+                for key, value in self.train.hyperparameters.items()
+            },
+        }
 
 
 def tracking_uri(root: Path) -> str:
@@ -152,10 +181,10 @@ class Tracker:
         if self._staging is not None:
             shutil.rmtree(self._staging, ignore_errors=True)
 
-    def log_run(self, *args: Any) -> str:
+    def log_run(self, record: RunRecord) -> str:
         """Send the run to the helper (see `_record_run`) and wait for its id."""
         try:
-            self._connection.send(args)
+            self._connection.send(record)
             status, value = self._connection.recv()
         except (EOFError, BrokenPipeError):
             self._helper.join()
@@ -175,8 +204,8 @@ def _helper(connection: Connection, uri: str, staging: Path | None) -> None:
     """
     try:
         experiment_id = open_store(uri, staging)
-        args = connection.recv()
-        answer = ("ok", _record_run(experiment_id, *args))
+        record = connection.recv()
+        answer = ("ok", _record_run(experiment_id, record))
     except UserError as error:
         answer = ("error", str(error))
     except EOFError:  # the stage failed and closed the pipe: nothing to log
@@ -187,16 +216,7 @@ def _helper(connection: Connection, uri: str, staging: Path | None) -> None:
         connection.send(answer)
 
 
-def _record_run(
-    experiment_id: str,
-    params: TrainParams,
-    raw_params: dict[str, Any],
-    pipeline: Pipeline,
-    evaluation: Evaluation,
-    example: pd.DataFrame,
-    images: list[Path],
-    commit: str,
-) -> str:
+def _record_run(experiment_id: str, record: RunRecord) -> str:
     """Record params, metrics, plots and the model (with signature and input example)."""
     from importlib.metadata import version
 
@@ -205,36 +225,30 @@ def _record_run(
     import skops.io
     from mlflow.models import infer_signature
 
+    example = record.input_example
     probabilities = pd.DataFrame(
-        pipeline.predict_proba(example), columns=evaluation.classes, index=example.index
+        record.pipeline.predict_proba(example),
+        columns=record.evaluation.classes,
+        index=example.index,
     )
     with mlflow.start_run(experiment_id=experiment_id) as run:
-        mlflow.set_tags({"git_commit": commit, "mlflow.source.git.commit": commit})
-        mlflow.log_params(
-            {
-                "model": params.model,
-                "random_state": params.random_state,
-                "target": raw_params["data"]["target"],
-                "test_size": raw_params["process"]["test_size"],
-                **{f"{params.model}.{key}": value for key, value in params.hyperparameters.items()},
-            }
+        mlflow.set_tags(
+            {"git_commit": record.git_commit, "mlflow.source.git.commit": record.git_commit}
         )
-        mlflow.log_metrics(evaluation.metrics)
-        for image in images:
+        mlflow.log_params(record.params())
+        mlflow.log_metrics(record.evaluation.metrics)
+        for image in record.images:
             mlflow.log_artifact(str(image), artifact_path="plots")
         mlflow.sklearn.log_model(
-            pipeline,
+            record.pipeline,
             name="model",
             signature=infer_signature(example, probabilities),
             input_example=example,
             # skops (MLflow's safe format) asks which non-standard types to trust on load. The
             # model was fitted by this very run, so the types it contains are its own.
-            skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(pipeline)),
+            skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(record.pipeline)),
             # Named explicitly: inferring them loads the model in a subprocess, seconds per run.
-            pip_requirements=[
-                f"{package}=={version(package)}"
-                for package in ("scikit-learn", "pandas", "numpy", "joblib")
-            ],
+            pip_requirements=[f"{name}=={version(name)}" for name in VERSIONED_LIBRARIES],
         )
     log.info("logged MLflow run %s to %s", run.info.run_id, mlflow.get_tracking_uri())
     return run.info.run_id

@@ -9,14 +9,15 @@ from typing import Any
 
 import numpy as np
 
+from mlops_template.serving.contract import MODEL_FILE, PackageMetadata
 from tests.serving.conftest import REPO, http, predict
 
 BAD_DATA = "MICROSERVICE_BAD_DATA"
 
 
-def metadata_of(package_dir: Path) -> dict[str, Any]:
-    """The package's metadata.json."""
-    return json.loads((package_dir / "metadata.json").read_text())
+def metadata_of(package_dir: Path) -> PackageMetadata:
+    """The package's validated metadata."""
+    return PackageMetadata.read(package_dir)
 
 
 @cache
@@ -33,16 +34,16 @@ def expected_probabilities(package_dir: Path, rows: list[list[Any]]) -> np.ndarr
     from mlops_template.dataset import coerce_features
 
     metadata = metadata_of(package_dir)
-    names = [feature["name"] for feature in metadata["features"]]
-    frame = coerce_features(pd.DataFrame(rows, columns=names), metadata)
-    return _model(package_dir / "model.joblib").predict_proba(frame)
+    frame = pd.DataFrame(rows, columns=metadata.feature_names)
+    schema = {"features": [feature.to_dict() for feature in metadata.features]}
+    return _model(package_dir / MODEL_FILE).predict_proba(coerce_features(frame, schema))
 
 
 def raw_rows(package_dir: Path, count: int, seed: int = 0) -> list[list[Any]]:
     """`count` rows of the raw data (missing values included) as JSON-ready lists."""
     import pandas as pd
 
-    names = [feature["name"] for feature in metadata_of(package_dir)["features"]]
+    names = metadata_of(package_dir).feature_names
     frame = pd.read_csv(REPO / "data" / "raw" / "penguins.csv")[names]
     sample = frame.sample(n=count, replace=count > len(frame), random_state=seed)
     return [
@@ -63,11 +64,11 @@ def probabilities_of(answer: dict[str, Any]) -> np.ndarray:
 def assert_answer(package_dir: Path, answer: dict[str, Any], rows: list[list[Any]]) -> None:
     """The served probabilities equal in-process ones, with the training labels as names."""
     metadata = metadata_of(package_dir)
-    assert answer["data"]["names"] == metadata["classes"]
+    assert answer["data"]["names"] == list(metadata.classes)
     np.testing.assert_allclose(
         probabilities_of(answer), expected_probabilities(package_dir, rows), rtol=0, atol=1e-12
     )
-    assert answer["meta"]["tags"]["model_sha256"] == metadata["model_sha256"]
+    assert answer["meta"]["tags"]["model_sha256"] == metadata.model_sha256
 
 
 BAD_REQUEST_CASES = [
@@ -86,23 +87,38 @@ BAD_REQUEST_CASES = [
     "tensor shape does not fit",
     "jsonData not records",
     "jsonData record missing a field",
+    "a list where a number is expected",
+    "an object where text is expected",
+    "a boolean where a number is expected",
+    "a number too large for the model",
+    "meta not an object",
     "malformed JSON",
+    "Infinity",
+    "NaN",
+    "1e309",
+    "deeply nested JSON",
     "wrong content type",
     "form-encoded (curl -d without -H)",
+    "malformed JSON in the json form field",
 ]
 
 
 def bad_requests(package_dir: Path) -> dict[str, tuple[bytes, str, str]]:
     """case -> (body, content type, pattern the message must match) for every rejected request."""
     metadata = metadata_of(package_dir)
-    names = [feature["name"] for feature in metadata["features"]]
+    names = metadata.feature_names
     n, first, last = len(names), names[0], names[-1]
-    numeric = next(f["name"] for f in metadata["features"] if f["kind"] == "numeric")
+    numeric = metadata.numeric_names[0]
     row = raw_rows(package_dir, 1, seed=1)[0]
     pairs = list(zip(names, row, strict=True))
     text_row = [value if name != numeric else "not a number" for name, value in pairs]
-    too_many = metadata["max_batch_rows"] + 1
+    too_many = metadata.max_batch_rows + 1
     record = {name: value for name, value in pairs if name != last}
+    categorical = next(f.name for f in metadata.features if f.kind == "categorical")
+
+    def with_value(name: str, value: Any) -> list[Any]:
+        return [value if feature == name else old for feature, old in pairs]
+
     cases: list[tuple[str, Any, str]] = [
         ("too few columns", {"data": {"ndarray": [row[:-1]]}},
          rf"each row must have {n} values.*got {n - 1}"),
@@ -132,6 +148,18 @@ def bad_requests(package_dir: Path) -> dict[str, tuple[bytes, str, str]]:
          r"jsonData must be a list of records"),
         ("jsonData record missing a field", {"jsonData": [record]},
          rf"jsonData record 0: missing feature names \['{last}'\]"),
+        ("a list where a number is expected",
+         {"data": {"ndarray": [row, with_value(numeric, [1])]}},
+         rf"feature '{numeric}' must be a number or null, row 1 has \[1\]"),
+        ("an object where text is expected", {"data": {"ndarray": [with_value(categorical, {})]}},
+         rf"feature '{categorical}' must be text, a number or null, row 0 has an object"),
+        ("a boolean where a number is expected",
+         {"jsonData": [dict(zip(names, with_value(numeric, True), strict=True))]},
+         rf"feature '{numeric}' must be a number or null, row 0 has True"),
+        ("a number too large for the model", {"data": {"ndarray": [with_value(numeric, 1e300)]}},
+         rf"feature '{numeric}' row 0 has 1e\+300, too far outside the training data's scale"),
+        ("meta not an object", {"meta": [], "data": {"ndarray": [row]}},
+         r"meta must be an object, got a list"),
     ]  # fmt: skip
     json_type = "application/json"
     good = json.dumps({"data": {"ndarray": [row]}}).encode()
@@ -143,6 +171,18 @@ def bad_requests(package_dir: Path) -> dict[str, tuple[bytes, str, str]]:
         json_type,
         r"the request body is not valid JSON: Expecting",
     )
+    for literal in ("Infinity", "NaN", "1e309"):
+        body = json.dumps({"data": {"ndarray": [with_value(numeric, 0.5)]}})
+        requests[literal] = (
+            body.replace("0.5", literal).encode(),
+            json_type,
+            r"is not a JSON number; send null" if literal != "1e309" else r"too large for a 64-bit",
+        )
+    requests["deeply nested JSON"] = (
+        b"[" * 100_000 + b"]" * 100_000,
+        json_type,
+        r"the request body is nested too deeply",
+    )
     requests["wrong content type"] = (
         good,
         "text/plain",
@@ -152,6 +192,11 @@ def bad_requests(package_dir: Path) -> dict[str, tuple[bytes, str, str]]:
         good,
         "application/x-www-form-urlencoded",
         r"Content-Type must be application/json",
+    )
+    requests["malformed JSON in the json form field"] = (
+        b"json=%7B%22data%22%3A",  # json={"data":
+        "application/x-www-form-urlencoded",
+        r"the request body is not valid JSON: Expecting value",
     )
     assert list(requests) == BAD_REQUEST_CASES
     return requests

@@ -127,23 +127,26 @@ def serving_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     from mlops_template.dataset import read_schema, read_split
     from mlops_template.files import write_json
-    from mlops_template.model import build_estimator, build_pipeline
     from mlops_template.params import load_params, train_params
     from mlops_template.stages.package import build_package
     from mlops_template.stages.process import process
+    from mlops_template.stages.train import fit_and_evaluate
 
     root = tmp_path_factory.mktemp("pipeline")
     params_path = REPO / "params.yaml"
     processed = root / "processed"
     process(REPO / "data" / "raw" / "penguins.csv", processed, params_path)
     schema = read_schema(processed / "schema.json")
-    features, labels = read_split(processed / "train.csv", schema)
-    # The train stage's own estimator and pipeline; only its MLflow logging is left out here.
-    pipeline = build_pipeline(schema, build_estimator(train_params(load_params(params_path))))
-    pipeline.fit(features, labels)
-    joblib.dump(pipeline, root / "model.joblib")
-    test_features, test_labels = read_split(processed / "test.csv", schema)
-    write_json(root / "metrics.json", {"accuracy": pipeline.score(test_features, test_labels)})
+    params = train_params(load_params(params_path))
+    # The train stage's own core; only its file writing and MLflow logging are left out here.
+    trained = fit_and_evaluate(
+        schema,
+        read_split(processed / "train.csv", schema),
+        read_split(processed / "test.csv", schema),
+        params,
+    )
+    joblib.dump(trained.pipeline, root / "model.joblib")
+    write_json(root / "metrics.json", trained.evaluation.metrics)
     package_dir = root / "serving"
     build_package(
         root / "model.joblib",
@@ -152,7 +155,7 @@ def serving_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
         REPO / "requirements" / "serve.lock",
         package_dir,
         MAX_BATCH_ROWS,
-        estimator=type(pipeline.named_steps["model"]).__name__,
+        params.estimator_class,
     )
     return package_dir
 

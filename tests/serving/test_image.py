@@ -32,6 +32,8 @@ from tests.serving.conftest import REPO, Server, http, predict
 pytestmark = [pytest.mark.slow, pytest.mark.image]
 
 BUILD_TIMEOUT_SECONDS = 1200  # a first build on a fresh machine includes debootstrap
+# The commit an image is built from reaches its labels and its answers, not the package.
+BUILT_FROM = "0123456789abcdef0123456789abcdef01234567"
 
 
 def output(*command: str) -> str:
@@ -164,10 +166,10 @@ def image(engine: str, serving_package: Path, tmp_path_factory: pytest.TempPathF
     shutil.copy(REPO / "Dockerfile", context / "Dockerfile")
     shutil.copy(REPO / ".dockerignore", context / ".dockerignore")
     shutil.copytree(serving_package, context / "models" / "serving")
-    tag = f"localhost/mlops-template-test:{metadata_of(serving_package)['model_sha256'][:12]}"
+    tag = f"localhost/mlops-template-test:{metadata_of(serving_package).model_sha256[:12]}"
     done = subprocess.run(
         [str(REPO / "scripts" / "build-image.sh"), tag, str(context)],
-        env={**os.environ, "CONTAINER_ENGINE": engine},
+        env={**os.environ, "CONTAINER_ENGINE": engine, "GIT_COMMIT": BUILT_FROM},
         capture_output=True,
         text=True,
         timeout=BUILD_TIMEOUT_SECONDS,
@@ -197,8 +199,8 @@ def test_image_labels_name_the_model(engine: str, image: str, serving_package: P
         inspect = ["podman", "image", "inspect", "--format", "{{json .Labels}}", image]
     labels = json.loads(output(*inspect))
     metadata = metadata_of(serving_package)
-    assert labels["mlops-template.model.sha256"] == metadata["model_sha256"]
-    assert labels["org.opencontainers.image.revision"] == metadata["git_commit"]
+    assert labels["mlops-template.model.sha256"] == metadata.model_sha256
+    assert labels["org.opencontainers.image.revision"] == BUILT_FROM
     user_format = "{{.Config.User}}" if engine == "docker" else "{{.User}}"
     user = output(engine, "image", "inspect", "--format", user_format, image)
     assert user.split(":")[0] not in ("", "0", "root")
@@ -210,9 +212,11 @@ def test_image_answers_like_in_process(container: Container, serving_package: Pa
         status, answer = predict(url, {"data": {"ndarray": rows}})
         assert status == 200, answer
         assert_answer(serving_package, answer, rows)
+        assert answer["meta"]["tags"]["git_commit"] == BUILT_FROM
     status, metadata = http("GET", f"{url}/metadata")
     assert status == 200
-    assert metadata["outputs"][0]["schema"]["names"] == metadata_of(serving_package)["classes"]
+    assert metadata["outputs"][0]["schema"]["names"] == list(metadata_of(serving_package).classes)
+    assert metadata["custom"]["git_commit"] == BUILT_FROM
 
 
 def test_image_rejects_bad_requests_and_keeps_serving(

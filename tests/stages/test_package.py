@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 from importlib.metadata import version
 
 import joblib
 import pytest
 
 from mlops_template.errors import UserError
+from mlops_template.params import train_params
+from mlops_template.serving.contract import PackageMetadata
 from mlops_template.stages.package import build_package, pinned_version, serving_sources
 from mlops_template.stages.process import process
 from mlops_template.stages.train import train
 
-from ..conftest import REPO
+from ..conftest import REPO, params_dict
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +25,7 @@ def trained(tmp_path_factory):
     """A processed and trained messy dataset (trained once for the module)."""
     import yaml
 
-    from ..conftest import messy_frame, params_dict
+    from ..conftest import messy_frame
 
     workdir = tmp_path_factory.mktemp("trained")
     messy_frame().to_csv(workdir / "raw.csv", index=False)
@@ -49,7 +52,7 @@ def package(workdir, out, requirements=REPO / "requirements" / "serve.lock"):
         requirements,
         out,
         max_batch_rows=500,
-        estimator="RandomForestClassifier",
+        estimator=train_params(params_dict()).estimator_class,
     )
 
 
@@ -69,15 +72,31 @@ def test_package_contents_and_metadata(trained, tmp_path):
     assert set(names) == expected
     model_bytes = (out / "model.joblib").read_bytes()
     assert model_bytes == (trained / "model.joblib").read_bytes()
-    assert metadata == json.loads((out / "metadata.json").read_text())
-    assert metadata["model_sha256"] == hashlib.sha256(model_bytes).hexdigest()
-    assert metadata["classes"] == ["ant", "bee", "cat"]
-    assert metadata["metrics"] == json.loads((trained / "metrics.json").read_text())
-    assert metadata["estimator"] == "RandomForestClassifier"
-    assert metadata["max_batch_rows"] == 500
-    assert metadata["versions"]["scikit-learn"] == version("scikit-learn")
-    assert len(metadata["git_commit"]) == 40 or metadata["git_commit"] == "unknown"
+    assert metadata == PackageMetadata.read(out)
+    assert metadata.model_sha256 == hashlib.sha256(model_bytes).hexdigest()
+    assert metadata.classes == ("ant", "bee", "cat")
+    assert metadata.feature_names == ["length", "weight", "colour", "shape"]
+    assert metadata.metrics == json.loads((trained / "metrics.json").read_text())
+    assert metadata.estimator == "RandomForestClassifier"
+    assert metadata.max_batch_rows == 500
+    assert metadata.versions["scikit-learn"] == version("scikit-learn")
     assert (out / "requirements.txt").read_text() == (REPO / "requirements/serve.lock").read_text()
+
+
+def test_package_bytes_depend_on_the_inputs_only(trained, tmp_path, monkeypatch):
+    """Built twice, from two directories that are not even the same git checkout: same bytes."""
+    first, second = tmp_path / "one" / "serving", tmp_path / "two" / "serving"
+    package(trained, first)
+    monkeypatch.chdir(tmp_path)  # outside any repository: no commit to record
+    package(trained, second)
+    files = sorted(path.name for path in first.iterdir())
+    assert files == sorted(path.name for path in second.iterdir())
+    for name in files:
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert not any(commit in (first / name).read_text(errors="replace") for name in files)
 
 
 def test_sample_request_is_answerable_by_the_model(trained, tmp_path):

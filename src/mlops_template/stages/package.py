@@ -1,4 +1,8 @@
-"""Package stage: assemble the directory the Seldon Core image serves."""
+"""Package stage: assemble the directory the Seldon Core image serves.
+
+The package is byte-reproducible: the same model, data and code give the same files, whichever
+commit or machine builds them. The commit an image was built from is in the image's labels.
+"""
 
 from __future__ import annotations
 
@@ -13,23 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from mlops_template.errors import UserError
-from mlops_template.files import atomic_directory, git_commit, read_json, sha256, write_json
-from mlops_template.manifest import MANIFEST_FILE, package_manifest
-from mlops_template.params import (
-    DEFAULT_PARAMS,
-    ESTIMATORS,
-    load_params,
-    package_params,
-    train_params,
-)
+from mlops_template.files import atomic_directory, read_json, sha256, write_json
+from mlops_template.manifest import package_manifest
+from mlops_template.params import DEFAULT_PARAMS, load_params, package_params, train_params
+from mlops_template.serving import contract
+from mlops_template.serving.contract import Feature, PackageMetadata
 
 log = logging.getLogger(__name__)
-
-MODEL_FILE = "model.joblib"
-METADATA_FILE = "metadata.json"
-REQUIREMENTS_FILE = "requirements.txt"
-SAMPLE_REQUEST_FILE = "sample_request.json"
-TRAINING_LIBRARIES = ("scikit-learn", "numpy", "pandas", "joblib")
 
 
 def pinned_version(requirements: str, package: str) -> str | None:
@@ -75,8 +69,35 @@ def serving_sources() -> list[Path]:
     return sorted(
         Path(str(entry))
         for entry in folder.iterdir()
-        if entry.is_file() and entry.name != "__init__.py" and not entry.name.endswith(".pyc")
+        if entry.is_file() and entry.name.endswith(".py") and entry.name != "__init__.py"
     )
+
+
+def package_metadata(
+    model_path: Path,
+    schema: dict[str, Any],
+    metrics: dict[str, float],
+    max_batch_rows: int,
+    estimator: str,
+) -> PackageMetadata:
+    """The package's metadata record; raises UserError if an input breaks the contract."""
+    try:
+        return PackageMetadata(
+            estimator=estimator,
+            target=schema["target"],
+            features=tuple(Feature.from_dict(feature) for feature in schema["features"]),
+            classes=tuple(schema["classes"]),
+            metrics=metrics,
+            training_rows=schema["rows"]["train"],
+            max_batch_rows=max_batch_rows,
+            model_sha256=sha256(model_path),
+            # Python's major.minor only: a patch release changes no pickle, and would change
+            # the package's bytes from one machine to the next.
+            versions={"python": ".".join(platform.python_version_tuple()[:2])}
+            | {library: version(library) for library in contract.VERSIONED_LIBRARIES},
+        )
+    except contract.ContractError as error:
+        raise UserError(f"cannot package the model: {error}") from None
 
 
 def build_package(
@@ -87,37 +108,28 @@ def build_package(
     out_dir: Path,
     max_batch_rows: int,
     estimator: str,
-) -> dict[str, Any]:
+) -> PackageMetadata:
     """Write the serving package atomically and return its metadata."""
     from mlops_template.dataset import read_schema
 
     schema = read_schema(processed / "schema.json")
     requirements = requirements_path.read_text(encoding="utf-8")
     check_serving_pins(requirements)
-    metrics = read_json(metrics_path)
-    metadata = {
-        "model_file": MODEL_FILE,
-        "model_sha256": sha256(model_path),
-        "estimator": estimator,
-        "target": schema["target"],
-        "features": schema["features"],
-        "classes": schema["classes"],
-        "metrics": metrics,
-        "training_rows": schema["rows"]["train"],
-        "max_batch_rows": max_batch_rows,
-        "git_commit": git_commit(),
-        "versions": {"python": platform.python_version()}
-        | {package: version(package) for package in TRAINING_LIBRARIES},
-    }
+    metadata = package_metadata(
+        model_path, schema, read_json(metrics_path), max_batch_rows, estimator
+    )
     with atomic_directory(out_dir) as staging:
         for source in serving_sources():
-            shutil.copy2(source, staging / source.name)
-        shutil.copyfile(model_path, staging / MODEL_FILE)
-        (staging / REQUIREMENTS_FILE).write_text(requirements, encoding="utf-8")
-        write_json(staging / SAMPLE_REQUEST_FILE, sample_request(processed / "test.csv", schema))
-        write_json(staging / METADATA_FILE, metadata)
-        (staging / MANIFEST_FILE).write_text(package_manifest(metadata), encoding="utf-8")
-    log.info("packaged %s (sha256 %s) into %s", estimator, metadata["model_sha256"][:12], out_dir)
+            shutil.copyfile(source, staging / source.name)
+        shutil.copyfile(model_path, staging / contract.MODEL_FILE)
+        (staging / contract.REQUIREMENTS_FILE).write_text(requirements, encoding="utf-8")
+        write_json(
+            staging / contract.SAMPLE_REQUEST_FILE,
+            sample_request(processed / "test.csv", schema),
+        )
+        metadata.write(staging)
+        (staging / contract.MANIFEST_FILE).write_text(package_manifest(metadata), encoding="utf-8")
+    log.info("packaged %s (sha256 %s) into %s", estimator, metadata.model_sha256[:12], out_dir)
     return metadata
 
 
@@ -136,16 +148,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Entry point for `mlops package`."""
     raw = load_params(args.params)
-    params = package_params(raw)
-    # The class name from params, not from unpickling the model: loading it costs a second.
-    estimator = ESTIMATORS[train_params(raw).model].split(":")[1]
     build_package(
         args.model,
         args.processed,
         args.metrics,
         args.requirements,
         args.out,
-        params.max_batch_rows,
-        estimator,
+        package_params(raw).max_batch_rows,
+        # The class name from params, not from unpickling the model: loading it costs a second.
+        train_params(raw).estimator_class,
     )
     return 0

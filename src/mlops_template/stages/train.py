@@ -4,19 +4,54 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlops_template.errors import UserError
 from mlops_template.files import atomic_directory, atomic_path, git_commit, write_json
-from mlops_template.params import DEFAULT_PARAMS, TrainParams, load_params, train_params
+from mlops_template.params import (
+    DEFAULT_PARAMS,
+    TrainParams,
+    data_params,
+    load_params,
+    process_params,
+    train_params,
+)
 
 if TYPE_CHECKING:
-    from sklearn.base import ClassifierMixin
+    import pandas as pd
+    from sklearn.pipeline import Pipeline
 
-    from mlops_template.tracking import Tracker
+    from mlops_template.evaluate import Evaluation
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A fitted pipeline and its evaluation on the held-out rows."""
+
+    pipeline: Pipeline
+    evaluation: Evaluation
+
+
+def fit_and_evaluate(
+    schema: dict[str, Any],
+    train: tuple[pd.DataFrame, pd.Series],
+    test: tuple[pd.DataFrame, pd.Series],
+    params: TrainParams,
+) -> Trained:
+    """Build the estimator and its preprocessing, fit on `train`, evaluate on `test`. No I/O."""
+    from mlops_template.evaluate import evaluate
+    from mlops_template.model import build_estimator, build_pipeline
+
+    pipeline = build_pipeline(schema, build_estimator(params))
+    try:
+        pipeline.fit(*train)
+    except ValueError as error:
+        raise UserError(f"train.{params.model}: fitting failed: {error}") from None
+    return Trained(pipeline, evaluate(pipeline, schema, *test, params.random_state))
 
 
 def train(
@@ -28,63 +63,55 @@ def train(
 ) -> dict[str, float]:
     """Run the stage. Params and the tracking server are checked before any work or output."""
     from mlops_template import tracking
-    from mlops_template.model import build_estimator
 
     raw = load_params(params_path)
     params = train_params(raw)
+    data, process = data_params(raw), process_params(raw)
     uri = tracking.tracking_uri(Path.cwd())
     tracking.check_reachable(uri)
+    # The helper process is forked here, before pandas and scikit-learn are imported.
     with tracking.Tracker(uri) as tracker:
-        estimator = build_estimator(params)
-        return _fit_evaluate_write(
-            processed, model_path, metrics_path, plots_dir, raw, params, estimator, tracker
+        import joblib
+
+        from mlops_template.dataset import read_schema, read_split
+        from mlops_template.plots import IMAGES, write_images, write_plot_data
+
+        schema = read_schema(processed / "schema.json")
+        test = read_split(processed / "test.csv", schema)
+        trained = fit_and_evaluate(
+            schema, read_split(processed / "train.csv", schema), test, params
         )
-
-
-def _fit_evaluate_write(
-    processed: Path,
-    model_path: Path,
-    metrics_path: Path,
-    plots_dir: Path,
-    raw: dict[str, Any],
-    params: TrainParams,
-    estimator: ClassifierMixin,
-    tracker: Tracker,
-) -> dict[str, float]:
-    """Fit, evaluate, stage all outputs, log the run to MLflow, then publish."""
-    import joblib
-
-    from mlops_template.dataset import read_schema, read_split
-    from mlops_template.evaluate import evaluate
-    from mlops_template.model import build_pipeline
-    from mlops_template.plots import IMAGES, write_images, write_plot_data
-
-    schema = read_schema(processed / "schema.json")
-    features, labels = read_split(processed / "train.csv", schema)
-    test_features, test_labels = read_split(processed / "test.csv", schema)
-    pipeline = build_pipeline(schema, estimator)
-    try:
-        pipeline.fit(features, labels)
-    except ValueError as error:
-        raise UserError(f"train.{params.model}: fitting failed: {error}") from None
-    evaluation = evaluate(pipeline, schema, test_features, test_labels, params.random_state)
-
-    # Everything is staged first and renamed into place only once MLflow has the run too.
-    with (
-        atomic_directory(plots_dir) as plots_staging,
-        atomic_path(model_path) as model_staging,
-        atomic_path(metrics_path) as metrics_staging,
-    ):
-        write_plot_data(evaluation, plots_staging)
-        images = write_images(evaluation, plots_staging / IMAGES)
-        joblib.dump(pipeline, model_staging)
-        write_json(metrics_staging, evaluation.metrics)
-        example = test_features.dropna().head(3)
-        if example.empty:
-            example = test_features.head(3)
-        tracker.log_run(params, raw, pipeline, evaluation, example, images, git_commit())
+        evaluation = trained.evaluation
+        # Everything is staged first and renamed into place only once MLflow has the run too.
+        with (
+            atomic_directory(plots_dir) as plots_staging,
+            atomic_path(model_path) as model_staging,
+            atomic_path(metrics_path) as metrics_staging,
+        ):
+            write_plot_data(evaluation, plots_staging)
+            images = write_images(evaluation, plots_staging / IMAGES)
+            joblib.dump(trained.pipeline, model_staging)
+            write_json(metrics_staging, evaluation.metrics)
+            tracker.log_run(
+                tracking.RunRecord(
+                    train=params,
+                    data=data,
+                    process=process,
+                    pipeline=trained.pipeline,
+                    evaluation=evaluation,
+                    input_example=input_example(test[0]),
+                    images=tuple(images),
+                    git_commit=git_commit(),
+                )
+            )
     log.info("%s: %s", params.model, ", ".join(f"{k}={v}" for k, v in evaluation.metrics.items()))
     return evaluation.metrics
+
+
+def input_example(features: pd.DataFrame, rows: int = 3) -> pd.DataFrame:
+    """A few complete test rows (any rows if none is complete) for MLflow's input example."""
+    example = features.dropna().head(rows)
+    return features.head(rows) if example.empty else example
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
