@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,12 +22,10 @@ from .conftest import REPO
 
 pytestmark = pytest.mark.slow
 
-# Outputs whose bytes must not depend on when or where the pipeline ran. The package is not one:
-# its metadata records the commit it was built from.
-STABLE_OUTPUTS = {
-    "process": ["data/processed"],
-    "train": ["models/model.joblib", "metrics.json", "plots"],
-}
+STALE_LOCK = (
+    "dvc.lock in git is not what `dvc repro` writes for the committed code and params:\n  {}\n"
+    "Run `make run` and commit dvc.lock, metrics.json and plots/ with the change."
+)
 
 
 def sh(*args: str, cwd: Path) -> str:
@@ -36,14 +37,34 @@ def sh(*args: str, cwd: Path) -> str:
     return result.stdout + result.stderr
 
 
+def lock_entries(lock_text: str) -> dict[str, object]:
+    """Every recorded fact of a dvc.lock, flattened: {'train outs models/model.joblib': {...}}."""
+    entries: dict[str, object] = {}
+    for name, stage in yaml.safe_load(lock_text)["stages"].items():
+        entries[f"{name} cmd"] = stage["cmd"]
+        entries[f"{name} params"] = stage.get("params")
+        for section in ("deps", "outs"):
+            for item in stage.get(section, []):
+                entries[f"{name} {section} {item['path']}"] = item
+    return entries
+
+
+def lock_differences(committed: str, produced: str) -> list[str]:
+    """What differs between two dvc.lock files, one line per entry."""
+    old, new = lock_entries(committed), lock_entries(produced)
+    return [
+        f"{key}: {'not in git' if key not in old else 'gone' if key not in new else 'changed'}"
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key) != new.get(key)
+    ]
+
+
 def out_hashes(lock_text: str) -> dict[str, str]:
-    """{path: md5} of the stable outputs in a dvc.lock."""
-    lock = yaml.safe_load(lock_text)
+    """{path: md5} of every output in a dvc.lock."""
     return {
         out["path"]: out["md5"]
-        for stage, paths in STABLE_OUTPUTS.items()
-        for out in lock["stages"][stage]["outs"]
-        if out["path"] in paths
+        for stage in yaml.safe_load(lock_text)["stages"].values()
+        for out in stage["outs"]
     }
 
 
@@ -58,18 +79,18 @@ def clone(tmp_path_factory) -> Path:
 
 
 def test_fresh_run_reproduces_the_committed_lock(clone):
-    committed = out_hashes((clone / "dvc.lock").read_text())
-    assert set(committed) == {p for paths in STABLE_OUTPUTS.values() for p in paths}
+    """A newcomer's `make run` changes nothing in git and leaves DVC with nothing to do."""
+    committed = (clone / "dvc.lock").read_text()
 
     sh("dvc", "repro", cwd=clone)
 
-    assert out_hashes((clone / "dvc.lock").read_text()) == committed, (
-        "dvc.lock in git is not what the pipeline produces: run `make run` and commit dvc.lock, "
-        "metrics.json and plots/"
-    )
-    assert sh("git", "status", "--porcelain", "--", "metrics.json", "plots", cwd=clone) == ""
+    differences = lock_differences(committed, (clone / "dvc.lock").read_text())
+    assert not differences, STALE_LOCK.format("\n  ".join(differences))
+    assert sh("git", "status", "--porcelain", cwd=clone) == ""
+    assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=clone)
     for path in (
         "models/serving/Model.py",
+        "models/serving/contract.py",
         "models/serving/metadata.json",
         "models/serving/sample_request.json",
         "mlflow.db",
@@ -77,10 +98,192 @@ def test_fresh_run_reproduces_the_committed_lock(clone):
         assert (clone / path).is_file(), path
 
 
+def test_bytecode_beside_the_code_changes_nothing(clone):
+    """Importing the serving code (from src/, or `make serve` from the package) writes
+    __pycache__/ where PYTHONDONTWRITEBYTECODE is unset; DVC must not see it as a change."""
+    for folder in ("src/mlops_template/serving", "models/serving"):
+        cache = clone / folder / "__pycache__"
+        cache.mkdir(exist_ok=True)
+        (cache / "Model.cpython-311.pyc").write_bytes(b"bytecode")
+    assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=clone)
+
+
+def test_the_lock_check_names_what_is_stale():
+    lock = (REPO / "dvc.lock").read_text()
+    data = yaml.safe_load(lock)
+    data["stages"]["train"]["deps"][1]["md5"] = "0" * 32
+    path = data["stages"]["train"]["deps"][1]["path"]
+    assert lock_differences(lock, lock) == []
+    assert lock_differences(lock, yaml.safe_dump(data)) == [f"train deps {path}: changed"]
+
+
 def test_unchanged_pipeline_reruns_nothing(clone):
     output = sh("dvc", "repro", cwd=clone)
     assert "Running stage" not in output
     assert "Data and pipelines are up to date" in output
+
+
+# --- a failed run loses nothing ---------------------------------------------------------------
+
+# Everything the pipeline writes into the workspace, in git or in DVC.
+OUTPUTS = ("data/processed", "models", "metrics.json", "plots", "dvc.lock")
+
+
+def snapshot(clone: Path) -> dict[str, bytes]:
+    """{path: bytes} of every file the pipeline wrote."""
+    files = {}
+    for name in OUTPUTS:
+        root = clone / name
+        for path in [root] if root.is_file() else sorted(root.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                files[str(path.relative_to(clone))] = path.read_bytes()
+    return files
+
+
+def failing_repro(clone: Path, *args: str) -> str:
+    """`dvc repro` that must fail; its output."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    done = subprocess.run(
+        ["dvc", "repro", *args], cwd=clone, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode != 0, done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
+def edit_params(clone: Path, section: str, key: str, value: object) -> None:
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params[section][key] = value
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def write_csv(clone: Path, text: str) -> None:
+    (clone / "data" / "raw" / "penguins.csv").write_text(text)
+
+
+def header_only(clone: Path) -> None:
+    csv = clone / "data" / "raw" / "penguins.csv"
+    write_csv(clone, csv.read_text().splitlines()[0] + "\n")
+
+
+def one_class(clone: Path) -> None:
+    csv = clone / "data" / "raw" / "penguins.csv"
+    lines = csv.read_text().splitlines()
+    write_csv(clone, "\n".join([lines[0], *[line for line in lines[1:] if "Adelie" in line]]))
+
+
+BAD_INPUTS = {
+    # case: (what the user does, the file they edited, what the error names)
+    "unknown model": (
+        lambda clone: edit_params(clone, "train", "model", "gradient_magic"),
+        "params.yaml",
+        r"train\.model 'gradient_magic' is not supported",
+    ),
+    "out-of-range hyperparameter": (
+        lambda clone: edit_params(
+            clone, "train", "random_forest", {"n_estimators": 100, "max_depth": -1}
+        ),
+        "params.yaml",
+        r"params\.yaml: train\.random_forest: .*max_depth",
+    ),
+    "bad batch limit": (
+        lambda clone: edit_params(clone, "package", "max_batch_rows", 0),
+        "params.yaml",
+        r"package\.max_batch_rows must be a whole number of at least 1",
+    ),
+    "bad test_size": (
+        lambda clone: edit_params(clone, "process", "test_size", 1.5),
+        "params.yaml",
+        r"process\.test_size must be between 0 and 1",
+    ),
+    "missing CSV": (
+        lambda clone: edit_params(clone, "data", "csv", "data/raw/missing.csv"),
+        "params.yaml",
+        r"No such file or directory: .*data/raw/missing\.csv",
+    ),
+    "CSV with no rows": (header_only, "data/raw/penguins.csv", r"has a header but no rows"),
+    "target column missing": (
+        lambda clone: edit_params(clone, "data", "target", "beak_colour"),
+        "params.yaml",
+        r"column 'beak_colour' is not in the CSV",
+    ),
+    "one class only": (one_class, "data/raw/penguins.csv", r"needs at least two classes, found 1"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_a_failed_run_leaves_the_last_good_outputs(clone, case):
+    """DVC deletes a stage's outputs before running it, unless they persist: they must."""
+    edit, edited, message = BAD_INPUTS[case]
+    before = snapshot(clone)
+    edit(clone)
+    try:
+        output = failing_repro(clone)
+        assert re.search(message, output), output
+        assert "Traceback" not in output
+        after = snapshot(clone)
+        assert sorted(after) == sorted(before)
+        assert [path for path in before if after[path] != before[path]] == []
+        assert sh("git", "status", "--porcelain", cwd=clone).split() == ["M", edited]
+    finally:
+        sh("git", "checkout", "--", "params.yaml", "data/raw", cwd=clone)
+    assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=clone)
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_an_interrupted_stage_leaves_the_last_good_outputs(clone, signal_name):
+    """Ctrl-C (SIGINT to the process group) or SIGTERM to the stage, while it trains."""
+    before = snapshot(clone)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    repro = subprocess.Popen(
+        ["dvc", "repro", "--force", "--single-item", "train"],
+        cwd=clone,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stage = wait_for_stage(repro.pid, "mlops train")
+        time.sleep(1.0)  # inside the stage: reading, fitting or writing
+        if signal_name == "SIGINT":
+            os.killpg(repro.pid, signal.SIGINT)
+        else:
+            os.kill(stage, signal.SIGTERM)
+        output, _ = repro.communicate(timeout=120)
+    finally:
+        if repro.poll() is None:
+            os.killpg(repro.pid, signal.SIGKILL)
+            repro.wait()
+    assert repro.returncode != 0, output
+    assert "Traceback" not in output
+    after = snapshot(clone)
+    assert [path for path in before if after.get(path) != before[path]] == []
+    assert sh("git", "status", "--porcelain", "--ignored", "--", ".", cwd=clone).count(".tmp") == 0
+    assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=clone)
+
+
+def wait_for_stage(session: int, command: str, timeout: float = 60) -> int:
+    """PID of the process running `command` in `session` (not a child it forked), once it runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                argv = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            # stat fields after the name: state, ppid, pgrp, session, ...
+            if command in argv and int(fields[3]) == session and not argv.startswith("/bin/sh"):
+                found[int(stat.parent.name)] = int(fields[1])
+        stages = [pid for pid, parent in found.items() if parent not in found]
+        if stages:
+            return stages[0]
+        time.sleep(0.05)
+    raise AssertionError(f"{command} did not start within {timeout} s")
 
 
 def test_forced_rerun_gives_the_same_bytes(clone):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 
 from mlops_template.errors import UserError
@@ -18,6 +19,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "deploy": ("mlops_template.deploy", "apply a SeldonDeployment, smoke-test it, roll back"),
     "report": ("mlops_template.report", "markdown report of params, metrics, plots vs a git ref"),
 }
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (a CI job cancelled, `timeout`, `kill`): unwind like Ctrl-C does."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    # Python's default would end the process on the spot; raising unwinds it instead, so every
+    # half-written output is removed by the `finally` that staged it.
+    raise Terminated
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return modules[args.command].run(args)
     except UserError as error:
@@ -49,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import tempfile
 import urllib.error
 import urllib.request
@@ -202,6 +203,9 @@ def _helper(connection: Connection, uri: str, staging: Path | None) -> None:
 
     Every failure goes back to the stage as one line; the store's own are already UserErrors.
     """
+    # The stage stops a helper it no longer needs with SIGTERM: just end, whatever was inherited.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the stage's to handle
     try:
         experiment_id = open_store(uri, staging)
         record = connection.recv()
