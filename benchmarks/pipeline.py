@@ -32,25 +32,21 @@ BARE_SCRIPT = """
 import tempfile
 from pathlib import Path
 from mlops_template.dataset import coerce_features, label_strings
-from mlops_template.evaluate import evaluate
-from mlops_template.plots import write_images
-from mlops_template.model import build_estimator, build_pipeline
 from mlops_template.params import data_params, load_params, process_params, train_params
+from mlops_template.plots import write_images
 from mlops_template.stages.process import infer_schema, read_raw, split, validate
+from mlops_template.stages.train import fit_and_evaluate
 
 raw = load_params("params.yaml")
 target = data_params(raw).target
 frame = validate(read_raw(raw["data"]["csv"]), target, process_params(raw))
 schema = infer_schema(frame, target)
 train, test = split(frame, target, process_params(raw))
-model = build_pipeline(schema, build_estimator(train_params(raw)))
-model.fit(coerce_features(train, schema), label_strings(train[target]))
-seed = train_params(raw).random_state
-test_features, test_labels = coerce_features(test, schema), label_strings(test[target])
-evaluation = evaluate(model, schema, test_features, test_labels, seed)
+parts = [(coerce_features(part, schema), label_strings(part[target])) for part in (train, test)]
+trained = fit_and_evaluate(schema, *parts, train_params(raw))
 with tempfile.TemporaryDirectory() as images:
-    write_images(evaluation, Path(images))
-print(evaluation.metrics)
+    write_images(trained.evaluation, Path(images))
+print(trained.evaluation.metrics)
 """
 
 

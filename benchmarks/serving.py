@@ -30,6 +30,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from mlops_template.serving import contract
+
 REPO = Path(__file__).resolve().parents[1]
 SERVE_PYTHON = REPO / ".venv-serve" / "bin" / "python"
 START_TIMEOUT_SECONDS = 120.0
@@ -37,14 +39,16 @@ START_TIMEOUT_SECONDS = 120.0
 # The plain app: what people write when they skip a serving framework.
 PLAIN_APP = textwrap.dedent(
     """
-    import json, os
+    import os, sys
     import joblib, pandas as pd
     from flask import Flask, jsonify, request
 
     app = Flask(__name__)
     package = os.environ["PACKAGE_DIR"]
-    model = joblib.load(os.path.join(package, "model.joblib"))
-    names = [f["name"] for f in json.load(open(os.path.join(package, "metadata.json")))["features"]]
+    sys.path.insert(0, package)
+    from contract import MODEL_FILE, PackageMetadata
+    model = joblib.load(os.path.join(package, MODEL_FILE))
+    names = PackageMetadata.read(package).feature_names
 
     @app.route("/api/v1.0/predictions", methods=["POST"])
     def predict():
@@ -66,10 +70,12 @@ FLOOR_SCRIPT = textwrap.dedent(
     import json, sys, time
     import joblib, numpy as np, pandas as pd
     package = sys.argv[1]
-    metadata = json.load(open(package + "/metadata.json"))
-    names = [f["name"] for f in metadata["features"]]
-    numeric = {f["name"] for f in metadata["features"] if f["kind"] == "numeric"}
-    model = joblib.load(package + "/model.joblib")
+    sys.path.insert(0, package)
+    from contract import MODEL_FILE, PackageMetadata
+    metadata = PackageMetadata.read(package)
+    names = metadata.feature_names
+    numeric = set(metadata.numeric_names)
+    model = joblib.load(package + "/" + MODEL_FILE)
     rows = json.loads(sys.stdin.readline())
 
     def frame(batch):
@@ -279,8 +285,7 @@ def sample_rows(package: Path, count: int) -> list[list[Any]]:
     """`count` rows of the raw data (missing values included), in the package's feature order."""
     import pandas as pd
 
-    metadata = json.loads((package / "metadata.json").read_text())
-    names = [feature["name"] for feature in metadata["features"]]
+    names = contract.PackageMetadata.read(package).feature_names
     frame = pd.read_csv(REPO / "data" / "raw" / "penguins.csv")[names]
     frame = frame.sample(n=count, replace=count > len(frame), random_state=0)
     return [
@@ -294,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     from mlops_template.stages.package import serving_sources
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--package", type=Path, default=REPO / "models" / "serving")
+    parser.add_argument("--package", type=Path, default=REPO / contract.DEFAULT_DIR)
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--seconds", type=int, default=6, help="per wrk run")
     parser.add_argument("--rounds", type=int, default=4, help="paired a/b runs per level")
@@ -304,8 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     source = args.package.resolve()
-    if not (source / "metadata.json").is_file():
-        raise SystemExit(f"error: {source} has no metadata.json: run `make run` first")
+    if not (source / contract.METADATA_FILE).is_file():
+        raise SystemExit(f"error: {source} has no {contract.METADATA_FILE}: run `make run` first")
     if shutil.which("wrk") is None:
         raise SystemExit("error: wrk not found: install it (Debian/Ubuntu: apt-get install wrk)")
     defaults = _entry_point_defaults(REPO / "src" / "mlops_template" / "serving")
