@@ -249,3 +249,16 @@ def test_image_runs_as_non_root_and_stops_cleanly_on_sigterm(
             assert not running.processes(), "processes left after SIGTERM"
     finally:
         running.remove()
+
+
+def test_the_workflow_smoke_test_passes_on_the_image(image: str, serving_package: Path) -> None:
+    """What build-and-push runs before pushing: labels, sample request, 400, clean SIGTERM."""
+    done = subprocess.run(
+        [str(REPO / "scripts" / "smoke-test-image.sh"), image, str(serving_package)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "smoke test passed" in done.stdout
