@@ -1,17 +1,19 @@
-"""Start the Seldon microservice for the model in this directory, and stop all of it on SIGTERM.
+"""Run the Seldon microservice for the model in this directory: start it, watch it, stop it.
 
 The image's entry point and `make serve` both run this file with the serving environment's
-Python. Extra arguments go to `seldon-core-microservice` (for example `--http-port 9100`).
+Python. Extra arguments go to Seldon's `seldon-core-microservice` (for example `--http-port 9100`).
 It exists because the microservice's gRPC and metrics processes ignore a SIGTERM sent to the
-main process only, which would leave a pod or a terminal hanging until SIGKILL.
+main process only, which would leave a pod or a terminal hanging until SIGKILL; and because
+nothing in the microservice replaces its metrics store, gRPC server or metrics server when one
+dies, which would leave a pod answering every prediction with an error while it still looks alive.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,19 +32,56 @@ DEFAULTS = {
     "GRPC_THREADS": "1",
 }
 SHUTDOWN_GRACE_SECONDS = 20.0
+# Gunicorn replaces a dead worker within a fraction of a second; every other child of the
+# microservice is never replaced. A process count held below its settled value for longer than
+# this is a loss that only a restart repairs.
+RESPAWN_GRACE_SECONDS = 2.0
+# How long the count of child processes must hold still before it becomes the one to keep.
+SETTLE_SECONDS = 1.0
+POLL_SECONDS = 0.5
+# EX_SOFTWARE in sysexits.h: the microservice lost a process of its own, so the container (or
+# `make serve`) must be restarted; distinct from the microservice's own codes and from 128+signal.
+EXIT_PROCESS_LOST = 70
 
 logger = logging.getLogger("serve")
 
 
-def microservice_command(extra_args: list[str]) -> list[str]:
-    """The `seldon-core-microservice` command line, taken from this interpreter's environment."""
-    beside_python = Path(sys.executable).parent / "seldon-core-microservice"
-    program = shutil.which("seldon-core-microservice")
-    if beside_python.exists():
-        program = str(beside_python)
-    if program is None:
-        raise SystemExit("seldon-core-microservice not found: use the serving environment's python")
-    return [program, "Model", "--service-type", "MODEL", *extra_args]
+def microservice_command(arguments: list[str]) -> list[str]:
+    """The command line that runs `run_microservice` with `arguments`, in this interpreter."""
+    if importlib.util.find_spec("seldon_core") is None:
+        raise SystemExit(
+            "seldon-core not found: run this file with the serving environment's python"
+        )
+    start = (
+        f"import sys; sys.path.insert(0, {str(PACKAGE_DIR)!r}); "
+        "import serve; serve.run_microservice()"
+    )
+    return [sys.executable, "-c", start, *arguments]
+
+
+def run_microservice() -> None:
+    """Run `seldon-core-microservice` in this process, its metrics store locked per process.
+
+    Seldon guards its cross-worker metrics store with a lock that lives in the store's process.
+    A worker killed while holding it never releases it (6 of 31 kills of an HTTP worker under
+    load, measured here), and every worker then waits for it forever: no prediction, probe or
+    scrape is answered again. Each process writes only its own entry of the store, so a lock
+    between processes protects little: without it a scrape may fail once if it reads the store
+    while a worker stopping at shutdown removes its entry. The threads of one process still need
+    a lock for the store's proxies.
+    """
+    import threading
+
+    from seldon_core import microservice
+
+    class ProcessLockedMetrics(microservice.SeldonMetrics):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)
+            self._lock = threading.Lock()
+
+    microservice.SeldonMetrics = ProcessLockedMetrics
+    sys.argv[0] = "seldon-core-microservice"
+    sys.exit(microservice.main())
 
 
 def reap_children() -> None:
@@ -57,16 +96,50 @@ def reap_children() -> None:
 
 
 def children_of(pid: int) -> set[int]:
-    """PIDs whose parent is `pid` (Linux /proc; empty elsewhere, which only skips a wait)."""
+    """PIDs of the running children of `pid` (Linux /proc; empty elsewhere, which skips waits)."""
     children = set()
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if int(fields[1]) == pid:
+        # A zombie has exited already; it only waits for its parent to collect it.
+        if int(fields[1]) == pid and fields[0] != "Z":
             children.add(int(stat.parent.name))
     return children
+
+
+class Watch:
+    """Tell, from successive sets of the microservice's children, when one is lost for good.
+
+    The count of children is the measure: gunicorn replaces a worker under a new PID, so PIDs
+    change while the count comes back. The highest count that held still for `settle_seconds` is
+    the full strength (`full`); staying below it for longer than `grace_seconds` is a loss.
+    """
+
+    def __init__(self, settle_seconds: float, grace_seconds: float) -> None:
+        self.settle_seconds = settle_seconds
+        self.grace_seconds = grace_seconds
+        self.full: set[int] = set()
+        self.count = 0
+        self.count_since = 0.0
+        self.short_since: float | None = None
+
+    def observe(self, children: set[int], now: float) -> set[int]:
+        """Take the children seen at `now`; return the PIDs lost for good (empty while healthy)."""
+        if len(children) != self.count:
+            self.count, self.count_since = len(children), now
+        if len(children) >= len(self.full):
+            self.short_since = None
+            settled = now - self.count_since >= self.settle_seconds
+            if len(children) == len(self.full) or settled:
+                self.full = children
+            return set()
+        if self.short_since is None:
+            self.short_since = now
+        if now - self.short_since > self.grace_seconds:
+            return self.full - children
+        return set()
 
 
 def stop_group(leader: int, workers: int, grace_seconds: float) -> None:
@@ -108,10 +181,11 @@ def main(argv: list[str]) -> int:
     environment = {**DEFAULTS, **os.environ}
     grace_seconds = float(environment.get("SHUTDOWN_GRACE_SECONDS", SHUTDOWN_GRACE_SECONDS))
     workers = int(environment["GUNICORN_WORKERS"])
-    command = microservice_command(argv)
+    arguments = ["Model", "--service-type", "MODEL", *argv]
+    command = microservice_command(arguments)
     logger.info(
-        "starting %s with %s workers x %s threads",
-        " ".join(command[1:]),
+        "starting seldon-core-microservice %s with %s workers x %s threads",
+        " ".join(arguments),
         environment["GUNICORN_WORKERS"],
         environment["GUNICORN_THREADS"],
     )
@@ -127,7 +201,34 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    code = child.wait()
+    watch = Watch(SETTLE_SECONDS, RESPAWN_GRACE_SECONDS)
+    while child.poll() is None:
+        time.sleep(POLL_SECONDS)
+        if stopping:
+            continue
+        watched = len(watch.full)
+        lost = watch.observe(children_of(child.pid), time.monotonic())
+        if len(watch.full) > watched:
+            logger.info(
+                "watching %d processes under %d: %s",
+                len(watch.full),
+                child.pid,
+                " ".join(map(str, sorted(watch.full))),
+            )
+        if lost and not stopping:
+            logger.error(
+                "process %s of the microservice exited and was not replaced within %.0f s; "
+                "stopping the microservice, exit code %d",
+                " ".join(map(str, sorted(lost))),
+                RESPAWN_GRACE_SECONDS,
+                EXIT_PROCESS_LOST,
+            )
+            stop_group(child.pid, workers, grace_seconds)
+            return EXIT_PROCESS_LOST
+    code = child.returncode
+    if not stopping:
+        ended = f"exit code {code}" if code >= 0 else f"signal {-code}"
+        logger.error("the microservice's main process %d ended (%s)", child.pid, ended)
     # The main process may exit on its own (a failed start); never leave its children behind.
     stop_group(child.pid, workers, grace_seconds)
     if stopping:
