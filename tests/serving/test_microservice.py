@@ -190,6 +190,8 @@ def test_a_body_over_the_size_limit_is_413_unread(server: Server, serving_packag
         ("GET", "/api/v1.0/nothing", 404),
         ("POST", "/health/ping", 405),
         ("PUT", "/api/v1.0/predictions", 405),
+        ("POST", "/transform-input", 404),  # a transformer's route, not a model's
+        ("POST", "/route", 404),
         ("GET", "/api/v1.0/predictions", 404),  # Seldon serves static files at GET /<path>
     ],
 )
@@ -202,6 +204,16 @@ def test_wrong_routes_and_methods_get_their_own_4xx(
     assert got == status, answer
     assert answer["status"]["code"] == -1
     assert answer["status"]["info"]
+
+
+def test_feedback_is_acknowledged_unread(server: Server) -> None:
+    """The model does not learn from feedback; a malformed one is no server error either."""
+    nested = {"request": {"data": {"ndarray": [[1, [2]]]}}, "reward": 1.0}
+    for body in ({"reward": 1.0}, nested):
+        status, answer = http("POST", f"{server.url}/api/v1.0/feedback", json.dumps(body).encode())
+        assert status == 200, answer
+    status, answer = http("POST", f"{server.url}/api/v1.0/feedback", b'{"reward": "a lot"}')
+    assert status == 400, answer
 
 
 CLIENT_SCRIPT = textwrap.dedent(

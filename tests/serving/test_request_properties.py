@@ -24,11 +24,16 @@ from tests.serving.conftest import MAX_BATCH_ROWS, Server, http, predict
 pytestmark = pytest.mark.slow
 
 # Enough cases to reach every branch of the request parsing many times over, in about a minute.
-EXAMPLES = 600
+EXAMPLES = 1000
 # Generated bodies stay under the server's size limit (413 has its own test): a body the server
 # refuses unread can reset the connection while the client is still sending it.
 MAX_BODY_BYTES = 1_000_000
 PREDICTION_PATHS = ["/api/v1.0/predictions", "/api/v0.1/predictions", "/predict"]
+# Every other route Seldon serves, and some it does not.
+OTHER_PATHS = [
+    "/api/v1.0/feedback", "/transform-input", "/transform-output", "/route", "/aggregate",
+    "/metadata", "/health/status", "/", "/api/v1.0/nothing",
+]  # fmt: skip
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
 numbers = st.one_of(
@@ -155,8 +160,8 @@ def request(draw: st.DrawFn, features: Features) -> tuple[str, ...]:
         content_type = draw(st.sampled_from(["application/json", "text/plain", ""]))
     else:
         method = draw(st.sampled_from(["GET", "POST", "PUT", "DELETE"]))
-        path = draw(st.sampled_from([*PREDICTION_PATHS, "/", "/api/v1.0/nothing", "/metadata"]))
-        body = json.dumps(draw(any_json), allow_nan=True).encode()
+        path = draw(st.sampled_from([*PREDICTION_PATHS, *OTHER_PATHS]))
+        body = json.dumps(draw(st.one_of(any_json, message(features))), allow_nan=True).encode()
     return method, path, content_type, body
 
 

@@ -26,13 +26,16 @@ from seldon_core.flask_utils import SeldonMicroserviceException
 from seldon_core.proto import prediction_pb2
 from seldon_core.user_model import SeldonNotImplementedError, SeldonResponse
 from seldon_core.utils import construct_response_json
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, NotFound, RequestEntityTooLarge
 
 logger = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # Seldon's view function for /api/v1.0/predictions, /api/v0.1/predictions and /predict.
 PREDICT_ENDPOINT = "Predict"
+# Seldon serves these on every component; they belong to transformers, routers and combiners, and
+# for a model they would only run Seldon's own parsing of the body (HTTP 500 on a malformed one).
+OTHER_COMPONENT_ENDPOINTS = frozenset({"TransformInput", "TransformOutput", "Route", "Aggregate"})
 # Set in the image from the commit it was built from (Dockerfile); absent when serving locally.
 GIT_COMMIT_VARIABLE = "GIT_COMMIT"
 # A request body larger than this answers 413: room for the batch limit's rows of long values.
@@ -136,6 +139,11 @@ class Model:
 
         @checks.before_app_request
         def check_body() -> None:
+            if request.endpoint in OTHER_COMPONENT_ENDPOINTS:
+                raise NotFound(
+                    f"{request.path} is for other kinds of Seldon component; this server is a "
+                    "model: POST /api/v1.0/predictions"
+                )
             if request.endpoint != PREDICT_ENDPOINT:
                 return  # not a prediction (or a 404/405 about to be answered)
             # Checked before anything reads the body (Flask's own limit would read it all first).
@@ -220,6 +228,14 @@ class Model:
         transformed = self.preprocess.transform(frame)
         messages.check_model_range(transformed, frame, self.preprocessed_names)
         return self.estimator.predict_proba(transformed)
+
+    def send_feedback_raw(self, feedback: Any) -> prediction_pb2.SeldonMessage:
+        """Acknowledge feedback without reading it: this model does not learn from it.
+
+        Seldon has already counted the reward (`seldon_api_model_feedback_reward`); its own
+        parsing of the feedback's request would answer a malformed one with HTTP 500.
+        """
+        return prediction_pb2.SeldonMessage()
 
     def prediction_counts(self, probabilities: np.ndarray) -> list[dict[str, Any]]:
         """Prometheus counters: how many rows were predicted as each class."""
