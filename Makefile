@@ -41,7 +41,7 @@ run: setup ## Set up, then run the pipeline (dvc repro) on the data named in par
 
 .PHONY: test
 test: setup test-tools ## Set up, then run every test, the slow end-to-end ones included
-	$(BIN)/pytest
+	env -u MLFLOW_TRACKING_URI $(BIN)/pytest
 
 # The image test needs Docker, or podman + buildah + debootstrap, which this installs with apt-get
 # where it can. Where it cannot, the image test says why it skips (and fails under CI=true).
@@ -52,7 +52,7 @@ test-tools:
 
 .PHONY: test-fast
 test-fast: setup ## Run the tests not marked slow (no real pipeline run, server or image)
-	$(BIN)/pytest -m "not slow"
+	env -u MLFLOW_TRACKING_URI $(BIN)/pytest -m "not slow"
 
 .PHONY: mlflow-ui
 mlflow-ui: setup ## Browse the local MLflow store at http://127.0.0.1:5000
@@ -62,9 +62,14 @@ mlflow-ui: setup ## Browse the local MLflow store at http://127.0.0.1:5000
 bench-pipeline: setup ## Time cold, no-op and param-change dvc repro against a bare script
 	$(BIN)/python benchmarks/pipeline.py
 
+.PHONY: bench-remote
+bench-remote: setup ## Time the train stage with a tracking server vs the local store, dvc push/pull to S3
+	$(BIN)/python benchmarks/remote.py
+
 .PHONY: clean
 clean: ## Remove environments, caches and local MLflow runs (keeps data and DVC's cache)
-	rm -rf $(VENV) $(SERVE_VENV) .cache .pytest_cache .ruff_cache mlruns mlflow.db
+	if [[ -f .stack/state.json && -x $(BIN)/mlops ]]; then $(BIN)/mlops stack down; fi
+	rm -rf $(VENV) $(SERVE_VENV) .cache .pytest_cache .ruff_cache .hypothesis mlruns mlflow.db
 
 # What the GitHub workflows run (docs/workflows.md); each works the same on a laptop.
 MANIFEST ?= build/seldon-deployment.yaml
@@ -81,11 +86,31 @@ lint: $(VENV)/.synced ## Lint: ruff, actionlint with shellcheck, shellcheck scri
 
 .PHONY: pull
 pull: $(VENV)/.synced ## dvc pull from the default DVC remote (says why and skips when there is none)
-	DVC=$(BIN)/dvc scripts/dvc-remote.sh pull
+	$(BIN)/mlops data pull
 
 .PHONY: push-data
 push-data: $(VENV)/.synced ## dvc push to the default DVC remote (says why and skips when there is none)
-	DVC=$(BIN)/dvc scripts/dvc-remote.sh push
+	$(BIN)/mlops data push
+
+.PHONY: register
+register: $(VENV)/.synced ## Register the pipeline's model in MLflow's model registry (ALIAS=candidate: set an alias)
+	$(BIN)/mlops register $(if $(ALIAS),--alias $(ALIAS)) $(if $(filter true,$(SKIP_WITHOUT_SERVER)),--skip-without-server)
+
+# A local S3 endpoint and MLflow tracking server (docs/remote-stores.md). `make stack-up` writes
+# MLFLOW_TRACKING_URI to .stack/env, read here, so `make run` logs to the stack's server.
+-include .stack/env
+
+.PHONY: stack-up
+stack-up: $(VENV)/.synced ## Start S3 (moto) and an MLflow server on 127.0.0.1; point DVC and MLflow at them
+	$(BIN)/mlops stack up
+
+.PHONY: stack-down
+stack-down: $(VENV)/.synced ## Stop the local stack (its bucket and runs are forgotten)
+	$(BIN)/mlops stack down
+
+.PHONY: stack-status
+stack-status: $(VENV)/.synced ## Say what the local stack runs, and where
+	$(BIN)/mlops stack status
 
 .PHONY: report
 report: $(VENV)/.synced ## Write report.md: params, metrics and plots against BASE (default: main)

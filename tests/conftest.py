@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +14,57 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+# Everything the pipeline writes into the workspace, in git or in DVC.
+OUTPUTS = ("data/processed", "models", "metrics.json", "plots", "dvc.lock")
+
+
+def project_env(**variables: str) -> dict[str, str]:
+    """The environment commands run in: this project's tools first on PATH, no tracking server
+    unless one is given, no DVC usage reports."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env["DVC_NO_ANALYTICS"] = "1"
+    return env | variables
+
+
+def run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run a command in `cwd` with the project's environment; bounded in time."""
+    return subprocess.run(
+        args, cwd=cwd, env=env or project_env(), capture_output=True, text=True, timeout=600
+    )
+
+
+def sh(*args: str, cwd: Path, env: dict[str, str] | None = None) -> str:
+    """Run a command that must succeed; its standard output and error."""
+    done = run(*args, cwd=cwd, env=env)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+def fails(*args: str, cwd: Path, env: dict[str, str] | None = None) -> str:
+    """Run a command that must fail; its standard output and error."""
+    done = run(*args, cwd=cwd, env=env)
+    assert done.returncode != 0, f"{' '.join(args)} succeeded:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+def clone_repository(path: Path) -> Path:
+    """A clone of the committed repository, as a newcomer gets it, with a git identity."""
+    sh("git", "clone", "--quiet", str(REPO), str(path), cwd=REPO)
+    sh("git", "config", "user.email", "test@example.com", cwd=path)
+    sh("git", "config", "user.name", "test", cwd=path)
+    return path
+
+
+def snapshot(clone: Path) -> dict[str, bytes]:
+    """{path: bytes} of every file the pipeline wrote."""
+    files = {}
+    for name in OUTPUTS:
+        root = clone / name
+        for path in [root] if root.is_file() else sorted(root.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                files[str(path.relative_to(clone))] = path.read_bytes()
+    return files
 
 
 def messy_frame(n_rows: int = 90, labels: tuple[Any, ...] = ("ant", "bee", "cat"), seed: int = 0):

@@ -75,3 +75,12 @@ def test_batch_limit_must_be_positive():
     for value in (0, True, "10"):
         with pytest.raises(UserError, match=r"package\.max_batch_rows must be a whole number"):
             package_params(params_dict(package={"max_batch_rows": value}))
+
+
+def test_registry_model_name_must_name_a_model():
+    from mlops_template.params import registry_params
+
+    assert registry_params(params_dict()).model_name
+    for name in ("", "  ", "team/model", "models:/x", 3):
+        with pytest.raises(UserError, match=r"registry\.model_name"):
+            registry_params(params_dict(registry={"model_name": name}))

@@ -11,14 +11,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from .conftest import REPO
+from .conftest import REPO, clone_repository, fails, project_env, sh, snapshot
 
 pytestmark = pytest.mark.slow
 
@@ -26,15 +25,6 @@ STALE_LOCK = (
     "dvc.lock in git is not what `dvc repro` writes for the committed code and params:\n  {}\n"
     "Run `make run` and commit dvc.lock, metrics.json and plots/ with the change."
 )
-
-
-def sh(*args: str, cwd: Path) -> str:
-    """Run a command with the project's environment first on PATH; fail with its output."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout + result.stderr
 
 
 def lock_entries(lock_text: str) -> dict[str, object]:
@@ -71,11 +61,7 @@ def out_hashes(lock_text: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory) -> Path:
     """A clone of the committed repository: what a newcomer gets."""
-    path = tmp_path_factory.mktemp("pipeline") / "repo"
-    sh("git", "clone", "--quiet", str(REPO), str(path), cwd=REPO)
-    sh("git", "config", "user.email", "test@example.com", cwd=path)
-    sh("git", "config", "user.name", "test", cwd=path)
-    return path
+    return clone_repository(tmp_path_factory.mktemp("pipeline") / "repo")
 
 
 def test_fresh_run_reproduces_the_committed_lock(clone):
@@ -125,30 +111,10 @@ def test_unchanged_pipeline_reruns_nothing(clone):
 
 # --- a failed run loses nothing ---------------------------------------------------------------
 
-# Everything the pipeline writes into the workspace, in git or in DVC.
-OUTPUTS = ("data/processed", "models", "metrics.json", "plots", "dvc.lock")
-
-
-def snapshot(clone: Path) -> dict[str, bytes]:
-    """{path: bytes} of every file the pipeline wrote."""
-    files = {}
-    for name in OUTPUTS:
-        root = clone / name
-        for path in [root] if root.is_file() else sorted(root.rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts:
-                files[str(path.relative_to(clone))] = path.read_bytes()
-    return files
-
 
 def failing_repro(clone: Path, *args: str) -> str:
     """`dvc repro` that must fail; its output."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    done = subprocess.run(
-        ["dvc", "repro", *args], cwd=clone, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode != 0, done.stdout + done.stderr
-    return done.stdout + done.stderr
+    return fails("dvc", "repro", *args, cwd=clone)
 
 
 def edit_params(clone: Path, section: str, key: str, value: object) -> None:
@@ -234,12 +200,10 @@ def test_a_failed_run_leaves_the_last_good_outputs(clone, case):
 def test_an_interrupted_stage_leaves_the_last_good_outputs(clone, signal_name):
     """Ctrl-C (SIGINT to the process group) or SIGTERM to the stage, while it trains."""
     before = snapshot(clone)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
     repro = subprocess.Popen(
         ["dvc", "repro", "--force", "--single-item", "train"],
         cwd=clone,
-        env=env,
+        env=project_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -339,3 +303,32 @@ def test_experiments_run_with_set_params_and_show(clone):
     revision = shallow["revs"][0]["data"]
     assert revision["params"]["params.yaml"]["data"]["train"]["random_forest"]["max_depth"] == 1
     assert set(revision["metrics"]["metrics.json"]["data"]) >= {"accuracy", "log_loss"}
+
+
+def test_register_with_the_local_store_once_per_model(clone):
+    """`make register` without a tracking server: the local store's registry, same rules."""
+    sh("dvc", "repro", cwd=clone)  # the committed params' model, after the experiments above
+    name = yaml.safe_load((clone / "params.yaml").read_text())["registry"]["model_name"]
+
+    first = sh("mlops", "register", "--alias", "candidate", cwd=clone)
+    again = sh("mlops", "register", "--alias", "candidate", cwd=clone)
+
+    assert re.search(
+        rf"^registered: {name} version (\d+) \(run \w+\); alias 'candidate'", first, re.M
+    )
+    version = re.search(r"version (\d+)", first)[1]
+    assert f"already registered: {name} version {version}" in again
+
+
+def test_register_refuses_a_model_the_lock_does_not_describe(clone, tmp_path):
+    model = clone / "models" / "model.joblib"
+    original = model.read_bytes()
+    model.write_bytes(original + b"\0")
+    try:
+        output = fails("mlops", "register", cwd=clone)
+    finally:
+        model.write_bytes(original)
+    assert output.strip() == (
+        "error: dvc.lock does not record models/model.joblib as it is now: run `dvc repro` so "
+        "that the hashes the version is tagged with are this model's"
+    )

@@ -1,8 +1,7 @@
-"""The shell scripts the workflows call: DVC remote sync and the image job summary."""
+"""The shell scripts the workflows call: the image job summary."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -14,7 +13,6 @@ import pytest
 from .conftest import package_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
-DVC_REMOTE = ROOT / "scripts" / "dvc-remote.sh"
 IMAGE_SUMMARY = ROOT / "scripts" / "image-summary.sh"
 BIN = Path(sys.executable).parent
 
@@ -32,51 +30,6 @@ def sh(*command: str | Path, cwd: Path, env: dict[str, str] | None = None) -> st
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
-
-
-@pytest.fixture
-def dvc_project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    """A git + DVC project with one DVC-tracked file, and the environment to run DVC in it."""
-    project = tmp_path / "project"
-    project.mkdir()
-    env = {**os.environ, "DVC": str(BIN / "dvc"), "DVC_NO_ANALYTICS": "1"}
-    sh("git", "init", "--quiet", cwd=project)
-    sh(BIN / "dvc", "init", "--quiet", cwd=project)
-    (project / "data.csv").write_text("a,b\n1,2\n")
-    sh(BIN / "dvc", "add", "--quiet", "data.csv", cwd=project)
-    return project, env
-
-
-def test_without_a_remote_pull_and_push_say_why_they_skip(
-    dvc_project: tuple[Path, dict[str, str]],
-) -> None:
-    project, env = dvc_project
-    for action in ("pull", "push"):
-        out = sh(DVC_REMOTE, action, cwd=project, env=env)
-        assert f"dvc {action}: skipped, no default DVC remote is configured" in out
-
-
-def test_with_a_remote_push_then_pull_restores_the_data(
-    dvc_project: tuple[Path, dict[str, str]], tmp_path: Path
-) -> None:
-    project, env = dvc_project
-    storage = tmp_path / "storage"
-    sh(BIN / "dvc", "remote", "add", "--default", "store", storage, cwd=project)
-    assert "using remote 'store'" in sh(DVC_REMOTE, "push", cwd=project, env=env)
-    assert any(storage.rglob("*")), "nothing reached the remote"
-    # A fresh checkout has no data and no cache: only the remote can bring it back.
-    (project / "data.csv").unlink()
-    sh("rm", "-rf", ".dvc/cache", cwd=project)
-    sh(DVC_REMOTE, "pull", cwd=project, env=env)
-    assert (project / "data.csv").read_text() == "a,b\n1,2\n"
-
-
-def test_dvc_remote_rejects_an_unknown_action(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [str(DVC_REMOTE), "fetch"], cwd=tmp_path, capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 2
-    assert "usage:" in done.stderr
 
 
 @pytest.fixture

@@ -18,6 +18,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "manifest": ("mlops_template.manifest", "render the SeldonDeployment for a serving image"),
     "deploy": ("mlops_template.deploy", "apply a SeldonDeployment, smoke-test it, roll back"),
     "report": ("mlops_template.report", "markdown report of params, metrics, plots vs a git ref"),
+    "data": ("mlops_template.remote", "pull or push DVC-tracked files with the default remote"),
+    "stack": ("mlops_template.stack", "a local S3 endpoint and MLflow server on 127.0.0.1"),
+    "register": ("mlops_template.registry", "register the pipeline's model version in MLflow"),
 }
 
 
@@ -48,10 +51,12 @@ def main(argv: list[str] | None = None) -> int:
             modules[name] = importlib.import_module(module_name)
             modules[name].add_arguments(sub)
     args = parser.parse_args(argv)
+    # This project's messages at INFO; libraries' (boto, DVC, ...) only when they warn, or with -v.
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("mlops_template").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     signal.signal(signal.SIGTERM, _terminate)
     try:
         return modules[args.command].run(args)

@@ -66,6 +66,13 @@ class PackageParams:
     max_batch_rows: int
 
 
+@dataclass(frozen=True)
+class RegistryParams:
+    """Where `mlops register` puts the model in the MLflow model registry."""
+
+    model_name: str
+
+
 def load_params(path: Path = DEFAULT_PARAMS) -> dict[str, Any]:
     """Read params.yaml as a mapping, with a clear error when it is missing or not YAML."""
     try:
@@ -145,3 +152,15 @@ def package_params(raw: dict[str, Any]) -> PackageParams:
     except ContractError as error:
         raise UserError(f"params.yaml: package.{error}") from None
     return PackageParams(max_batch_rows=max_batch_rows)
+
+
+def registry_params(raw: dict[str, Any]) -> RegistryParams:
+    """Validate the `registry` section."""
+    section = _section(raw, "registry")
+    name = _get(section, "registry", "model_name", str).strip()
+    if not name or "/" in name or ":" in name:
+        raise UserError(
+            "params.yaml: registry.model_name must name a registered model "
+            f"(no '/' or ':'), got {section['model_name']!r}"
+        )
+    return RegistryParams(model_name=name)

@@ -25,12 +25,13 @@ if TYPE_CHECKING:
     import pandas as pd
     from sklearn.pipeline import Pipeline
 
-    from mlops_template.evaluate import Evaluation
     from mlops_template.params import DataParams, ProcessParams, TrainParams
 
 log = logging.getLogger(__name__)
 
 LOCAL_STORE = "mlflow.db"
+# The run tag (and registered model version tag) naming the model file's sha256.
+MODEL_SHA256_TAG = "model_sha256"
 DEFAULT_EXPERIMENT = "mlops-template"
 REACH_TIMEOUT_SECONDS = 5
 
@@ -43,10 +44,12 @@ class RunRecord:
     data: DataParams
     process: ProcessParams
     pipeline: Pipeline
-    evaluation: Evaluation
+    metrics: dict[str, float]
+    classes: list[str]
     input_example: pd.DataFrame
     images: tuple[Path, ...]
     git_commit: str
+    model_sha256: str  # of the model file the pipeline writes: how `mlops register` finds the run
 
     def params(self) -> dict[str, Any]:
         """The run's MLflow params: the model, its settings, and the data they were fitted on."""
@@ -183,7 +186,7 @@ class Tracker:
             shutil.rmtree(self._staging, ignore_errors=True)
 
     def log_run(self, record: RunRecord) -> str:
-        """Send the run to the helper (see `_record_run`) and wait for its id."""
+        """Send the run to the helper (see `record_run`) and wait for its id."""
         try:
             self._connection.send(record)
             status, value = self._connection.recv()
@@ -209,7 +212,7 @@ def _helper(connection: Connection, uri: str, staging: Path | None) -> None:
     try:
         experiment_id = open_store(uri, staging)
         record = connection.recv()
-        answer = ("ok", _record_run(experiment_id, record))
+        answer = ("ok", record_run(experiment_id, record))
     except UserError as error:
         answer = ("error", str(error))
     except EOFError:  # the stage failed and closed the pipe: nothing to log
@@ -220,7 +223,7 @@ def _helper(connection: Connection, uri: str, staging: Path | None) -> None:
         connection.send(answer)
 
 
-def _record_run(experiment_id: str, record: RunRecord) -> str:
+def record_run(experiment_id: str, record: RunRecord) -> str:
     """Record params, metrics, plots and the model (with signature and input example)."""
     from importlib.metadata import version
 
@@ -232,15 +235,19 @@ def _record_run(experiment_id: str, record: RunRecord) -> str:
     example = record.input_example
     probabilities = pd.DataFrame(
         record.pipeline.predict_proba(example),
-        columns=record.evaluation.classes,
+        columns=record.classes,
         index=example.index,
     )
     with mlflow.start_run(experiment_id=experiment_id) as run:
         mlflow.set_tags(
-            {"git_commit": record.git_commit, "mlflow.source.git.commit": record.git_commit}
+            {
+                "git_commit": record.git_commit,
+                "mlflow.source.git.commit": record.git_commit,
+                MODEL_SHA256_TAG: record.model_sha256,
+            }
         )
         mlflow.log_params(record.params())
-        mlflow.log_metrics(record.evaluation.metrics)
+        mlflow.log_metrics(record.metrics)
         for image in record.images:
             mlflow.log_artifact(str(image), artifact_path="plots")
         mlflow.sklearn.log_model(

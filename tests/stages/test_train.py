@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import joblib
@@ -18,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from mlops_template import tracking
 from mlops_template.errors import UserError
+from mlops_template.files import sha256
 from mlops_template.plots import IMAGE_NAMES
 from mlops_template.stages.process import process
 from mlops_template.stages.train import train
@@ -81,6 +81,7 @@ def test_outputs_and_the_local_mlflow_run(workdir):
     assert run.data.params["model"] == "random_forest"
     assert run.data.params["random_forest.max_depth"] == "3"
     assert "git_commit" in run.data.tags
+    assert run.data.tags["model_sha256"] == sha256(workdir / "model.joblib")
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert artifacts == {f"plots/{name}" for name in IMAGE_NAMES}
     [logged_model] = client.search_logged_models([run.info.experiment_id])
@@ -127,7 +128,7 @@ def test_a_failure_to_log_the_run_fails_the_stage_and_publishes_nothing(workdir,
         raise OSError(28, "No space left on device")
 
     # The helper process is forked from this one, so it runs the patched function.
-    monkeypatch.setattr(tracking, "_record_run", full_disk)
+    monkeypatch.setattr(tracking, "record_run", full_disk)
     with pytest.raises(UserError, match=r"could not log the run: .*No space left on device"):
         run_train(workdir)
     for name in ("model.joblib", "metrics.json", "plots"):
@@ -135,7 +136,7 @@ def test_a_failure_to_log_the_run_fails_the_stage_and_publishes_nothing(workdir,
 
 
 def test_a_logging_process_that_dies_fails_the_stage_instead_of_hanging(workdir, monkeypatch):
-    monkeypatch.setattr(tracking, "_record_run", lambda *args: os._exit(3))
+    monkeypatch.setattr(tracking, "record_run", lambda *args: os._exit(3))
     with pytest.raises(UserError, match=r"logging process exited \(code 3\)"):
         run_train(workdir)
     assert not (workdir / "metrics.json").exists()
@@ -171,47 +172,3 @@ def test_a_store_creation_cut_short_leaves_no_store(tmp_path):
     tracking.create_store(uri, tmp_path / "staging")
     client = MlflowClient(tracking_uri=uri)
     assert [e.name for e in client.search_experiments()] == ["Default"]
-
-
-@pytest.mark.slow
-def test_runs_go_to_the_server_in_mlflow_tracking_uri(workdir, monkeypatch, tmp_path_factory):
-    store = tmp_path_factory.mktemp("server")
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("mlflow")),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{store / 'server.db'}",
-            "--artifacts-destination",
-            str(store / "artifacts"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    address = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{address}/health", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise AssertionError("mlflow server did not start") from None
-                time.sleep(0.5)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", address)
-        metrics = run_train(workdir)
-        client = MlflowClient(tracking_uri=address)
-        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-        assert [run.data.metrics for run in runs] == [metrics]
-        assert not (workdir / "mlflow.db").exists(), "nothing goes to the local store"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)

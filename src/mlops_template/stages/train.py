@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlops_template.errors import UserError
-from mlops_template.files import atomic_directory, atomic_path, git_commit, write_json
+from mlops_template.files import atomic_directory, atomic_path, git_commit, sha256, write_json
 from mlops_template.params import (
     DEFAULT_PARAMS,
     TrainParams,
@@ -98,10 +98,12 @@ def train(
                     data=data,
                     process=process,
                     pipeline=trained.pipeline,
-                    evaluation=evaluation,
+                    metrics=evaluation.metrics,
+                    classes=evaluation.classes,
                     input_example=input_example(test[0]),
                     images=tuple(images),
                     git_commit=git_commit(),
+                    model_sha256=sha256(model_staging),
                 )
             )
     log.info("%s: %s", params.model, ", ".join(f"{k}={v}" for k, v in evaluation.metrics.items()))
