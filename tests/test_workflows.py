@@ -159,7 +159,37 @@ def test_write_permissions_only_where_needed() -> None:
         ("pr-report", "report", "pull-requests"),  # the CML comment
         ("build-push", "image", "packages"),  # push to GHCR
         ("deploy", "build", "packages"),  # handed to build-push when deploy builds first
+        # OIDC tokens for short-lived cloud credentials, where the DVC remote is used
+        ("pr-report", "report", "id-token"),
+        ("build-push", "image", "id-token"),
+        ("deploy", "build", "id-token"),
     }
+
+
+@pytest.mark.parametrize("name", ["build-push", "pr-report"])
+def test_cloud_credentials_come_from_oidc_with_static_keys_as_the_fallback(name: str) -> None:
+    steps = [step for _, step in workflow_steps(name)]
+    oidc = [i for i, s in enumerate(steps) if "configure-aws-credentials" in s.get("uses", "")]
+    assert len(oidc) == 1
+    assert "vars.AWS_ROLE_ARN != ''" in steps[oidc[0]]["if"]
+    assert steps[oidc[0]]["with"]["role-to-assume"] == "${{ vars.AWS_ROLE_ARN }}"
+    remote = [s for s in steps if s.get("run") in ("make pull", "make push-data")]
+    assert remote
+    for step in remote:
+        assert steps.index(step) > oidc[0]
+        assert step["env"]["AWS_ACCESS_KEY_ID"] == (
+            "${{ env.AWS_ACCESS_KEY_ID || secrets.AWS_ACCESS_KEY_ID }}"
+        )
+
+
+def test_main_builds_push_data_then_register_the_model_as_candidate() -> None:
+    job = load("build-push")["jobs"]["image"]
+    assert job["env"]["MLFLOW_TRACKING_URI"] == "${{ vars.MLFLOW_TRACKING_URI }}"
+    runs = [step.get("run") for step in job["steps"]]
+    register = job["steps"][runs.index("make register")]
+    assert runs.index("make push-data") < runs.index("make register")
+    assert register["env"]["SKIP_WITHOUT_SERVER"] == "true"
+    assert register["env"]["ALIAS"] == "${{ github.ref == 'refs/heads/main' && 'candidate' || '' }}"
 
 
 @pytest.mark.parametrize("name", NAMES)
