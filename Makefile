@@ -44,11 +44,13 @@ test: setup test-tools ## Set up, then run every test, the slow end-to-end ones 
 	env -u MLFLOW_TRACKING_URI $(BIN)/pytest
 
 # The image test needs Docker, or podman + buildah + debootstrap, which this installs with apt-get
-# where it can. Where it cannot, the image test says why it skips (and fails under CI=true).
+# where it can. Where it cannot, the image test says why it skips (and fails under CI=true). The
+# monitoring tests need Prometheus and promtool (Debian's prometheus package).
 .PHONY: test-tools
 test-tools:
 	@if command -v docker >/dev/null && docker info >/dev/null 2>&1; then :; \
-	else scripts/install-container-tools.sh || echo "warning: no container tools; the image test will skip"; fi
+	else scripts/apt-install.sh podman buildah debootstrap || echo "warning: no container tools; the image test will skip"; fi
+	@scripts/apt-install.sh prometheus promtool=prometheus || echo "warning: no Prometheus; the monitoring tests will fail"
 
 .PHONY: test-fast
 test-fast: setup ## Run the tests not marked slow (no real pipeline run, server or image)
@@ -148,7 +150,7 @@ image-test: setup ## Build the image from a fresh package, serve from it, check 
 
 .PHONY: container-tools
 container-tools: ## Install podman, buildah, debootstrap (apt) to build and run images without Docker
-	scripts/install-container-tools.sh
+	scripts/apt-install.sh podman buildah debootstrap
 
 .PHONY: manifest
 manifest: $(VENV)/.synced ## Render the SeldonDeployment for IMAGE into MANIFEST

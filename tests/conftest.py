@@ -102,6 +102,11 @@ def package_metadata(**fields: Any):
         "training_rows": 60,
         "max_batch_rows": 100,
         "model_sha256": "ab" * 32,
+        "reference": contract.Reference(
+            class_shares={"ant": 0.5, "bee": 0.5},
+            missing_shares={"length": 0.1, "colour": 0.0},
+            bins={"length": contract.Bins((1.0, 2.0), (0.3, 0.3, 0.4))},
+        ),
         "versions": dict.fromkeys(contract.VERSIONED_LIBRARIES, "1.0"),
     }
     return contract.PackageMetadata(**{**values, **fields})

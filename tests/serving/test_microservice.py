@@ -22,7 +22,6 @@ from tests.serving.checks import (
     bad_requests,
     check_bad_request,
     check_still_serves,
-    expected_probabilities,
     metadata_of,
     probabilities_of,
     raw_rows,
@@ -134,28 +133,6 @@ def test_health_status_runs_the_model(server: Server, serving_package: Path) -> 
     assert health["status"] == "ok"
     assert health["classes"] == list(metadata_of(serving_package).classes)
     assert health["probe_sum"] == pytest.approx(1.0)
-
-
-def predictions_counted(server: Server) -> dict[str, float]:
-    """predictions_total per class, summed over the gunicorn workers, from the metrics port."""
-    status, text = http("GET", f"http://127.0.0.1:{server.metrics_port}/metrics")
-    assert status == 200
-    counts: dict[str, float] = {}
-    for match in re.finditer(r'^predictions_total\{class="([^"]+)".*\} ([0-9.]+)$', text, re.M):
-        counts[match[1]] = counts.get(match[1], 0.0) + float(match[2])
-    return counts
-
-
-def test_metrics_count_predictions_per_class(server: Server, serving_package: Path) -> None:
-    classes = list(metadata_of(serving_package).classes)
-    rows = raw_rows(serving_package, 20, seed=8)
-    predicted = [classes[i] for i in expected_probabilities(serving_package, rows).argmax(axis=1)]
-    before = predictions_counted(server)
-    status, _ = predict(server.url, {"data": {"ndarray": rows}})
-    assert status == 200
-    after = predictions_counted(server)
-    increase = {label: after.get(label, 0.0) - before.get(label, 0.0) for label in classes}
-    assert increase == {label: float(predicted.count(label)) for label in classes}
 
 
 @pytest.mark.parametrize("case", BAD_REQUEST_CASES)

@@ -12,15 +12,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections import Counter
+import time
 from pathlib import Path
 from typing import Any
 
 import messages
+import model_metrics
 import numpy as np
 import pandas as pd
 from contract import MODEL_FILE, ContractError, PackageMetadata
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 from messages import BadRequest
 from seldon_core.flask_utils import SeldonMicroserviceException
 from seldon_core.proto import prediction_pb2
@@ -103,6 +104,7 @@ class Model:
         self.classes = list(self.metadata.classes)
         commit = os.environ.get(GIT_COMMIT_VARIABLE, "")
         self.git_commit = "" if commit == "unknown" else commit
+        self.recorder = model_metrics.Recorder(self.metadata)
         self.model_error_handler = self._http_checks()
         logger.info(
             "loaded %s (sha256 %s), %d features, classes %s, at most %d rows per request",
@@ -136,6 +138,19 @@ class Model:
         @checks.record_once
         def configure(state: Any) -> None:
             state.app.json = messages.StrictJSONProvider(state.app)
+
+        @checks.before_app_request
+        def start_clock() -> None:
+            if request.endpoint == PREDICT_ENDPOINT:
+                g.arrived = time.perf_counter()
+
+        @checks.after_app_request
+        def count_request(response: Response) -> Response:
+            # Every answer to a prediction request, errors included (they pass through here too).
+            arrived = g.pop("arrived", None)
+            if arrived is not None:
+                self.recorder.request(response.status_code, time.perf_counter() - arrived)
+            return response
 
         @checks.before_app_request
         def check_body() -> None:
@@ -197,7 +212,9 @@ class Model:
         if isinstance(message, prediction_pb2.SeldonMessage):
             raise SeldonNotImplementedError("gRPC messages are parsed by Seldon")
         columns = messages.parse_message(message, self.metadata)
-        probabilities = self.probabilities(messages.to_frame(columns, self.metadata))
+        frame = messages.to_frame(columns, self.metadata)
+        probabilities = self.probabilities(frame)
+        self.recorder.predicted(frame, probabilities)
         shape = {"tensor": {}} if columns.kind == "tensor" else {}
         return construct_response_json(
             self,
@@ -205,21 +222,20 @@ class Model:
             {"data": shape, "meta": columns.echo},
             probabilities,
             {"tags": columns.echo.get("tags", {})},
-            self.prediction_counts(probabilities),
         )
 
     def predict(self, X: Any, features_names: Any, meta: dict | None = None) -> SeldonResponse:
         """Class probabilities, one row per request row, columns in `class_names()` order.
 
-        They come with the request's per-class prediction counts as Seldon runtime metrics
-        (`predictions_total{class=...}` on the metrics port). Returned here rather than from a
-        `metrics()` method: the counts belong to this request, and Seldon then makes one update
-        to its cross-worker metrics store per request instead of two; each update is several
-        round trips to a separate process (docs/benchmarks.md, "CPU per request").
+        REST requests are answered by `predict_raw`; this serves gRPC. The metrics (per class,
+        per feature) are recorded here, in this process's prometheus_client files, rather than
+        returned as Seldon runtime metrics, which cost round trips to Seldon's metrics process.
         """
         columns = messages.array_columns(X, list(features_names or []), self.metadata)
-        probabilities = self.probabilities(messages.to_frame(columns, self.metadata))
-        return SeldonResponse(probabilities, None, self.prediction_counts(probabilities))
+        frame = messages.to_frame(columns, self.metadata)
+        probabilities = self.probabilities(frame)
+        self.recorder.predicted(frame, probabilities)
+        return SeldonResponse(probabilities, None, [])
 
     def probabilities(self, frame: pd.DataFrame) -> np.ndarray:
         """`predict_proba` of the pipeline, after checking the preprocessed values."""
@@ -236,15 +252,6 @@ class Model:
         parsing of the feedback's request would answer a malformed one with HTTP 500.
         """
         return prediction_pb2.SeldonMessage()
-
-    def prediction_counts(self, probabilities: np.ndarray) -> list[dict[str, Any]]:
-        """Prometheus counters: how many rows were predicted as each class."""
-        predicted = np.asarray(self.classes)[probabilities.argmax(axis=1)]
-        counts = Counter(predicted.tolist())
-        return [
-            {"type": "COUNTER", "key": "predictions_total", "value": n, "tags": {"class": label}}
-            for label, n in sorted(counts.items())
-        ]
 
     def class_names(self) -> list[str]:
         """The training labels, in the order of the probability columns."""

@@ -10,6 +10,7 @@ and as a script it prints a field for shell scripts:
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import re
@@ -87,6 +88,77 @@ class Feature:
 
 
 @dataclass(frozen=True)
+class Bins:
+    """A numeric feature's training values cut at their deciles.
+
+    Bin 0 holds values below `edges[0]`, bin i values from `edges[i-1]` up to (not including)
+    `edges[i]`, the last bin the rest: `bisect.bisect_right(edges, value)`. Repeated deciles (a
+    feature with few distinct values) are merged, so bins are not all a tenth of the rows;
+    `shares` says what each held in training.
+    """
+
+    edges: tuple[float, ...]
+    shares: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if not all(_is_number(edge) for edge in self.edges) or list(self.edges) != sorted(
+            set(self.edges)
+        ):
+            raise ContractError(f"bin edges must be distinct numbers in order, got {self.edges}")
+        if len(self.shares) != len(self.edges) + 1:
+            raise ContractError("bins need one share more than edges")
+        _check_shares(self.shares, "bin shares")
+
+    def index(self, value: float) -> int:
+        """The bin a (non-missing) value falls in."""
+        return bisect.bisect_right(self.edges, value)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What the training rows looked like, for the server's drift metrics and the alerts."""
+
+    class_shares: Mapping[str, float]
+    missing_shares: Mapping[str, float]
+    bins: Mapping[str, Bins]
+
+    def __post_init__(self) -> None:
+        _check_shares(self.class_shares.values(), "class shares")
+        _check_shares(self.missing_shares.values(), "missing shares")
+        if not all(isinstance(bins, Bins) for bins in self.bins.values()):
+            raise ContractError("bins must map numeric features to their bins")
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Reference:
+        """Read the `reference` object of metadata.json."""
+        if not isinstance(data, Mapping):
+            raise ContractError("reference must be an object")
+        _check_keys(data, {"class_shares", "missing_shares", "bins"}, set(), "reference")
+        bins = data["bins"]
+        if not isinstance(bins, Mapping) or not all(isinstance(b, Mapping) for b in bins.values()):
+            raise ContractError("reference.bins must map features to {edges, shares}")
+        return cls(
+            class_shares=dict(data["class_shares"]),
+            missing_shares=dict(data["missing_shares"]),
+            bins={
+                name: Bins(tuple(value.get("edges", ())), tuple(value.get("shares", ())))
+                for name, value in bins.items()
+            },
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form."""
+        return {
+            "class_shares": dict(self.class_shares),
+            "missing_shares": dict(self.missing_shares),
+            "bins": {
+                name: {"edges": list(bins.edges), "shares": list(bins.shares)}
+                for name, bins in self.bins.items()
+            },
+        }
+
+
+@dataclass(frozen=True)
 class PackageMetadata:
     """`metadata.json`: what the model is, what it takes and returns, and how it was trained.
 
@@ -102,6 +174,7 @@ class PackageMetadata:
     training_rows: int
     max_batch_rows: int
     model_sha256: str
+    reference: Reference
     versions: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -125,6 +198,11 @@ class PackageMetadata:
         check_max_batch_rows(self.max_batch_rows)
         if not isinstance(self.model_sha256, str) or not SHA256.match(self.model_sha256):
             raise ContractError(f"model_sha256 must be 64 hex digits, got {self.model_sha256!r}")
+        if not isinstance(self.reference, Reference):
+            raise ContractError("reference must describe the training rows")
+        unknown = (set(self.reference.missing_shares) | set(self.reference.bins)) - set(names)
+        if set(self.reference.class_shares) != set(self.classes) or unknown:
+            raise ContractError("reference must describe these classes and features only")
         missing = [name for name in VERSIONED_LIBRARIES if name not in self.versions]
         if missing or not all(isinstance(v, str) for v in self.versions.values()):
             raise ContractError(f"versions must name the version of each of {VERSIONED_LIBRARIES}")
@@ -157,6 +235,7 @@ class PackageMetadata:
             training_rows=data["training_rows"],
             max_batch_rows=data["max_batch_rows"],
             model_sha256=data["model_sha256"],
+            reference=Reference.from_dict(data["reference"]),
             versions=dict(data.get("versions") or {}),
         )
 
@@ -166,6 +245,7 @@ class PackageMetadata:
         data["features"] = [feature.to_dict() for feature in self.features]
         data["classes"] = list(self.classes)
         data["metrics"] = dict(self.metrics)
+        data["reference"] = self.reference.to_dict()
         data["versions"] = dict(self.versions)
         return data
 
@@ -197,6 +277,11 @@ class PackageMetadata:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_shares(values: Any, what: str) -> None:
+    if not all(_is_number(value) and 0 <= value <= 1 for value in values):
+        raise ContractError(f"{what} must be numbers between 0 and 1")
 
 
 def _check_strings(values: Any, what: str) -> None:

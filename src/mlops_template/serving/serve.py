@@ -14,9 +14,11 @@ import contextlib
 import importlib.util
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,6 +45,9 @@ POLL_SECONDS = 0.5
 # `make serve`) must be restarted; distinct from the microservice's own codes and from 128+signal.
 EXIT_PROCESS_LOST = 70
 
+# Where prometheus_client (0.8, pinned by seldon-core) keeps the model's metrics across processes.
+MULTIPROCESS_DIRECTORY = "prometheus_multiproc_dir"
+
 logger = logging.getLogger("serve")
 
 
@@ -60,26 +65,17 @@ def microservice_command(arguments: list[str]) -> list[str]:
 
 
 def run_microservice() -> None:
-    """Run `seldon-core-microservice` in this process, its metrics store locked per process.
+    """Run `seldon-core-microservice` in this process, with the model's metrics store.
 
-    Seldon guards its cross-worker metrics store with a lock that lives in the store's process.
-    A worker killed while holding it never releases it (6 of 31 kills of an HTTP worker under
-    load, measured here), and every worker then waits for it forever: no prediction, probe or
-    scrape is answered again. Each process writes only its own entry of the store, so a lock
-    between processes protects little: without it a scrape may fail once if it reads the store
-    while a worker stopping at shutdown removes its entry. The threads of one process still need
-    a lock for the store's proxies.
+    `model_metrics.ModelMetrics` replaces Seldon's `SeldonMetrics`: its lock is kept per process
+    (a worker killed while holding Seldon's cross-process lock stopped the whole server in 6 of 31
+    kills under load), its metrics are valid Prometheus text, and the model's own metrics (from
+    prometheus_client's files in `prometheus_multiproc_dir`) are served beside Seldon's.
     """
-    import threading
-
+    from model_metrics import ModelMetrics
     from seldon_core import microservice
 
-    class ProcessLockedMetrics(microservice.SeldonMetrics):
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            super().__init__(*args, **kwargs)
-            self._lock = threading.Lock()
-
-    microservice.SeldonMetrics = ProcessLockedMetrics
+    microservice.SeldonMetrics = ModelMetrics
     sys.argv[0] = "seldon-core-microservice"
     sys.exit(microservice.main())
 
@@ -189,6 +185,19 @@ def main(argv: list[str]) -> int:
         environment["GUNICORN_WORKERS"],
         environment["GUNICORN_THREADS"],
     )
+    # The model's metrics: prometheus_client's files, one per process, fresh at every start.
+    metrics_directory = tempfile.mkdtemp(prefix="model-metrics-")
+    environment[MULTIPROCESS_DIRECTORY] = metrics_directory
+    try:
+        return supervise(command, environment, workers, grace_seconds)
+    finally:
+        shutil.rmtree(metrics_directory, ignore_errors=True)
+
+
+def supervise(
+    command: list[str], environment: dict[str, str], workers: int, grace_seconds: float
+) -> int:
+    """Start the microservice, end it when it loses a process or on a signal; its exit code."""
     # A session of its own, so one killpg reaches gunicorn, its workers, gRPC and metrics.
     child = subprocess.Popen(command, cwd=PACKAGE_DIR, env=environment, start_new_session=True)
     stopping = False

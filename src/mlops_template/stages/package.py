@@ -14,14 +14,17 @@ import shutil
 from importlib import resources
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlops_template.errors import UserError
 from mlops_template.files import atomic_directory, read_json, sha256, write_json
 from mlops_template.manifest import package_manifest
 from mlops_template.params import DEFAULT_PARAMS, load_params, package_params, train_params
 from mlops_template.serving import contract
-from mlops_template.serving.contract import Feature, PackageMetadata
+from mlops_template.serving.contract import Bins, Feature, PackageMetadata, Reference
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +76,52 @@ def serving_sources() -> list[Path]:
     )
 
 
+# Deciles: ten bins of about a tenth of the training values each, for the input drift metrics.
+BIN_QUANTILES = tuple(round(0.1 * step, 1) for step in range(1, 10))
+DECIMALS = 6
+
+
+def training_reference(
+    features: pd.DataFrame, labels: pd.Series, schema: dict[str, Any]
+) -> Reference:
+    """The training rows' class shares, missing shares and numeric deciles, for drift metrics."""
+    import numpy as np
+
+    from mlops_template.dataset import NUMERIC
+
+    class_shares = labels.value_counts(normalize=True)
+    bins = {}
+    for feature in schema["features"]:
+        if feature["kind"] != NUMERIC:
+            continue
+        values = features[feature["name"]].dropna().to_numpy(dtype=float)
+        if values.size == 0:
+            continue
+        edges = np.unique(np.round(np.quantile(values, BIN_QUANTILES), DECIMALS))
+        counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=edges.size + 1)
+        bins[feature["name"]] = Bins(
+            tuple(float(edge) for edge in edges),
+            tuple(round(float(count) / values.size, DECIMALS) for count in counts),
+        )
+    return Reference(
+        class_shares={
+            str(label): round(float(class_shares.get(label, 0.0)), DECIMALS)
+            for label in schema["classes"]
+        },
+        missing_shares={
+            name: round(float(features[name].isna().mean()), DECIMALS) for name in features.columns
+        },
+        bins=bins,
+    )
+
+
 def package_metadata(
     model_path: Path,
     schema: dict[str, Any],
     metrics: dict[str, float],
     max_batch_rows: int,
     estimator: str,
+    reference: Reference,
 ) -> PackageMetadata:
     """The package's metadata record; raises UserError if an input breaks the contract."""
     try:
@@ -91,6 +134,7 @@ def package_metadata(
             training_rows=schema["rows"]["train"],
             max_batch_rows=max_batch_rows,
             model_sha256=sha256(model_path),
+            reference=reference,
             # Python's major.minor only: a patch release changes no pickle, and would change
             # the package's bytes from one machine to the next.
             versions={"python": ".".join(platform.python_version_tuple()[:2])}
@@ -110,13 +154,14 @@ def build_package(
     estimator: str,
 ) -> PackageMetadata:
     """Write the serving package atomically and return its metadata."""
-    from mlops_template.dataset import read_schema
+    from mlops_template.dataset import read_schema, read_split
 
     schema = read_schema(processed / "schema.json")
     requirements = requirements_path.read_text(encoding="utf-8")
     check_serving_pins(requirements)
+    reference = training_reference(*read_split(processed / "train.csv", schema), schema)
     metadata = package_metadata(
-        model_path, schema, read_json(metrics_path), max_batch_rows, estimator
+        model_path, schema, read_json(metrics_path), max_batch_rows, estimator, reference
     )
     with atomic_directory(out_dir) as staging:
         for source in serving_sources():

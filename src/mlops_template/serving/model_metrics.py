@@ -1,0 +1,195 @@
+"""The model server's Prometheus metrics: requests, latency, rows, predictions and input drift.
+
+They are recorded with prometheus_client in its multiprocess mode (each gunicorn worker writes
+its own memory-mapped file: no round trip to another process per request) and served on
+Seldon's metrics port beside Seldon's own metrics, by `ModelMetrics`, the class `serve.py` gives
+Seldon for its metrics store. `serve.py` also creates the directory the files go to and sets
+`prometheus_multiproc_dir` before anything imports prometheus_client.
+
+Names follow Prometheus conventions: base units in names, `_total` counters, and labels whose
+values are bounded by the package (classes, feature names, bin numbers): never a raw input value.
+
+Runs in the serving environment (copied into the package).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from contract import NUMERIC, PackageMetadata
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, exposition
+from prometheus_client.core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from seldon_core.metrics import SeldonMetrics
+from serve import MULTIPROCESS_DIRECTORY
+
+# MODEL_METRICS=false turns this module's metrics off (Seldon's own stay).
+ENABLED = "MODEL_METRICS"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+ROWS_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+
+REQUESTS = Counter(
+    "model_requests_total", "Prediction requests answered, by status class.", ["code"]
+)
+LATENCY = Histogram(
+    "model_request_duration_seconds",
+    "Time from a prediction request's arrival to its answer.",
+    buckets=LATENCY_BUCKETS,
+)
+ROWS = Histogram(
+    "model_request_rows", "Rows in each prediction request answered.", buckets=ROWS_BUCKETS
+)
+PREDICTIONS = Counter(
+    "model_predictions_total", "Rows predicted, by the most probable class.", ["class"]
+)
+MISSING = Counter("model_input_missing_total", "Missing values received, by feature.", ["feature"])
+UNSEEN = Counter(
+    "model_input_unseen_total",
+    "Categorical values received that training never saw, by feature.",
+    ["feature"],
+)
+BINS = Counter(
+    "model_input_bin_total",
+    "Numeric values received, by feature and by the bin of training deciles they fall in.",
+    ["feature", "bin"],
+)
+TRAINING_CLASS = Gauge(
+    "model_training_class_share",
+    "Share of each class among the training rows.",
+    ["class"],
+    multiprocess_mode="max",
+)
+TRAINING_MISSING = Gauge(
+    "model_training_missing_share",
+    "Share of missing values in the training rows, by feature.",
+    ["feature"],
+    multiprocess_mode="max",
+)
+TRAINING_BIN = Gauge(
+    "model_training_bin_share",
+    "Share of the training values in each bin of training deciles, by feature.",
+    ["feature", "bin"],
+    multiprocess_mode="max",
+)
+
+
+def enabled() -> bool:
+    """Whether this model's metrics are recorded (MODEL_METRICS is not false)."""
+    return os.environ.get(ENABLED, "true").strip().lower() not in ("false", "0", "no", "off")
+
+
+def status_class(status: int) -> str:
+    """200 -> '2xx': the bounded label of a status code."""
+    return f"{status // 100}xx"
+
+
+class Recorder:
+    """Records one model's request, prediction and input metrics; children resolved once."""
+
+    def __init__(self, metadata: PackageMetadata) -> None:
+        """Resolve every labelled series and set the training reference gauges."""
+        self.on = enabled()
+        reference = metadata.reference
+        self.classes = np.asarray(metadata.classes)
+        self.predictions = [PREDICTIONS.labels(label) for label in metadata.classes]
+        self.requests = {code: REQUESTS.labels(code) for code in ("2xx", "4xx", "5xx")}
+        self.numeric = []
+        self.categorical = []
+        for feature in metadata.features:
+            missing = MISSING.labels(feature.name)
+            if feature.kind == NUMERIC:
+                bins = reference.bins.get(feature.name)
+                edges = np.asarray(bins.edges if bins else (), dtype=float)
+                counters = [BINS.labels(feature.name, str(i)) for i in range(edges.size + 1)]
+                self.numeric.append((feature.name, edges, counters, missing))
+            else:
+                known = frozenset(feature.categories)
+                self.categorical.append((feature.name, known, missing, UNSEEN.labels(feature.name)))
+        if not self.on:
+            return
+        for label, share in reference.class_shares.items():
+            TRAINING_CLASS.labels(label).set(share)
+        for name, share in reference.missing_shares.items():
+            TRAINING_MISSING.labels(name).set(share)
+        for name, bins in reference.bins.items():
+            for index, share in enumerate(bins.shares):
+                TRAINING_BIN.labels(name, str(index)).set(share)
+
+    def request(self, status: int, seconds: float) -> None:
+        """One prediction request answered with `status` after `seconds`."""
+        if not self.on:
+            return
+        counter = self.requests.get(status_class(status))
+        if counter is None:
+            counter = REQUESTS.labels(status_class(status))
+        counter.inc()
+        LATENCY.observe(seconds)
+
+    def predicted(self, frame: pd.DataFrame, probabilities: np.ndarray) -> None:
+        """Rows, predicted classes and input summaries of one answered request."""
+        if not self.on:
+            return
+        ROWS.observe(len(frame))
+        for index, count in _nonzero(np.bincount(probabilities.argmax(axis=1))):
+            self.predictions[index].inc(count)
+        for name, edges, counters, missing in self.numeric:
+            values = frame[name].to_numpy(dtype=float)
+            absent = np.isnan(values)
+            if absent.any():
+                missing.inc(int(absent.sum()))
+                values = values[~absent]
+            for index, count in _nonzero(np.bincount(np.searchsorted(edges, values, "right"))):
+                counters[index].inc(count)
+        for name, known, missing, unseen in self.categorical:
+            values = frame[name]
+            absent = values.isna()
+            if absent.any():
+                missing.inc(int(absent.sum()))
+            new = int((~absent & ~values.isin(known)).sum())
+            if new:
+                unseen.inc(new)
+
+
+def _nonzero(counts: np.ndarray) -> Iterator[tuple[int, int]]:
+    for index in np.flatnonzero(counts):
+        yield int(index), int(counts[index])
+
+
+class ModelMetrics(SeldonMetrics):
+    """Seldon's cross-worker metrics store, with two changes, and this model's metrics beside it.
+
+    - The lock that guards the store is kept per process. Seldon's lives in the store's process:
+      a worker killed while holding it never released it, and every other process then waited
+      forever (no prediction, probe or scrape answered again). Each process writes only its own
+      entry of the store, so threads of one process are all that need to wait for each other.
+    - Series of one metric are exposed as one metric family. Seldon exposes each as a family of
+      its own, a second TYPE line for the same name, which the Prometheus text format forbids.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Seldon's store, locked per process."""
+        super().__init__(*args, **kwargs)
+        self._lock = threading.Lock()
+
+    def collect(self) -> Iterable[Metric]:
+        """Seldon's series, one family per metric name."""
+        families: dict[tuple[str, str], Metric] = {}
+        for family in super().collect():
+            merged = families.setdefault((family.name, family.type), family)
+            if merged is not family:
+                merged.samples.extend(family.samples)
+        return list(families.values())
+
+    def generate_metrics(self) -> tuple[str, str]:
+        """The text Seldon's metrics port serves: its metrics and this model's."""
+        registry = CollectorRegistry()
+        registry.register(self)
+        directory = os.environ.get(MULTIPROCESS_DIRECTORY)
+        if directory and os.path.isdir(directory):
+            MultiProcessCollector(registry, path=directory)
+        return exposition.generate_latest(registry).decode("utf-8"), exposition.CONTENT_TYPE_LATEST
