@@ -119,8 +119,8 @@ report: $(VENV)/.synced ## Write report.md: params, metrics and plots against BA
 	$(BIN)/mlops report --base $(BASE) --out report.md
 
 .PHONY: deploy
-deploy: $(VENV)/.synced ## kubectl-apply MANIFEST, wait, smoke-test, roll back on failure (DRY_RUN=true: validate only)
-	$(BIN)/mlops deploy --manifest $(MANIFEST) $(if $(filter true,$(DRY_RUN)),--dry-run) $(if $(KUBECONFIG_ENV),--kubeconfig-env $(KUBECONFIG_ENV))
+deploy: $(VENV)/.synced ## kubectl-apply MANIFEST, wait, smoke-test (LOAD_TEST=true: and load-test), roll back on failure (DRY_RUN=true: validate only)
+	$(BIN)/mlops deploy --manifest $(MANIFEST) $(if $(filter true,$(DRY_RUN)),--dry-run) $(if $(filter true,$(LOAD_TEST)),--load-test) $(if $(KUBECONFIG_ENV),--kubeconfig-env $(KUBECONFIG_ENV))
 
 # Serving: the package `make run` writes, locally and as an image (docs/serving.md). Its layout
 # and metadata belong to its own contract.py; PACKAGE is where dvc.yaml's package stage writes it.
@@ -152,6 +152,20 @@ image-test: setup ## Build the image from a fresh package, serve from it, check 
 container-tools: ## Install podman, buildah, debootstrap (apt) to build and run images without Docker
 	scripts/apt-install.sh podman buildah debootstrap
 
+.PHONY: monitor
+monitor: $(VENV)/.synced ## Run Prometheus on 127.0.0.1:9090 scraping `make serve`, alert rules loaded (apt installs it)
+	@scripts/apt-install.sh prometheus promtool=prometheus
+	$(BIN)/mlops monitor --metrics-port $(METRICS_PORT)
+
+URL ?= http://127.0.0.1:$(HTTP_PORT)
+.PHONY: load-test
+load-test: $(VENV)/.synced ## Locust against URL (default: `make serve`), bounded by params.yaml's load_test
+	$(BIN)/mlops load-test --url $(URL)
+
+.PHONY: monitoring-files
+monitoring-files: $(VENV)/.synced ## Rewrite monitoring/dashboard.json and rules.yml from the code and params.yaml
+	$(BIN)/mlops monitoring
+
 .PHONY: manifest
 manifest: $(VENV)/.synced ## Render the SeldonDeployment for IMAGE into MANIFEST
 	$(BIN)/mlops manifest --image $(IMAGE) --out $(MANIFEST)
@@ -159,6 +173,10 @@ manifest: $(VENV)/.synced ## Render the SeldonDeployment for IMAGE into MANIFEST
 .PHONY: bench-serving
 bench-serving: setup ## Load-test the served model against plain gunicorn+Flask and in-process (needs wrk)
 	$(BIN)/python benchmarks/serving.py
+
+.PHONY: bench-metrics
+bench-metrics: setup ## Server CPU per request with and without the model's own metrics (needs wrk)
+	$(BIN)/python benchmarks/metrics_cost.py
 
 .PHONY: model-sha256
 model-sha256: ## Print sha256=<sha256 of the packaged model>, for the image's labels

@@ -14,7 +14,7 @@ from mlops_template.deploy import read_target
 from mlops_template.errors import UserError
 from mlops_template.manifest import package_manifest, render_seldon_deployment, to_yaml
 
-from .conftest import package_metadata
+from .conftest import REPO, package_metadata
 
 SHA = "ab" * 32
 
@@ -121,7 +121,7 @@ def test_cli_writes_the_manifest_with_the_package_identity(tmp_path: Path) -> No
     package = write_package(tmp_path)
     out = tmp_path / "build" / "seldon.yaml"
     options = ["--image", "ghcr.io/acme/penguins:9", "--namespace", "prod", "--replicas", "2"]
-    options += ["--git-commit", "c0ffee"]
+    options += ["--git-commit", "c0ffee", "--no-monitoring"]
     done = run_cli("manifest", *options, "--package", str(package), "--out", str(out), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     manifest = yaml.safe_load(out.read_text())
@@ -141,6 +141,8 @@ def test_cli_writes_the_manifest_with_the_package_identity(tmp_path: Path) -> No
         (["--image", "x:1", "--namespace", "Prod"], "error: namespace 'Prod' is not a valid"),
         (["--image", "x:1", "--package", "missing"], "error: missing/metadata.json not found"),
         (["--image", "x:1", "--package", "."], "error: metadata.json not found"),
+        (["--image", "x:1", "--monitoring-label", "release"], "error: --monitoring-label must"),
+        (["--image", "x:1", "--params", "missing.yaml"], "error: missing.yaml: file not found"),
     ],
 )
 def test_cli_bad_input_is_one_line_exit_2_and_no_file(
@@ -150,6 +152,8 @@ def test_cli_bad_input_is_one_line_exit_2_and_no_file(
     out = tmp_path / "seldon.yaml"
     if "--package" not in args:
         args = [*args, "--package", str(package)]
+    if "--params" not in args:
+        args = [*args, "--params", str(REPO / "params.yaml")]
     done = run_cli("manifest", *args, "--out", str(out), cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().startswith(message), done.stderr

@@ -32,7 +32,7 @@ OTHER_RUN_STEPS = {
     'scripts/image-summary.sh "$IMAGE" "$DIGEST" >> "$GITHUB_STEP_SUMMARY"',
     '.venv/bin/mlops manifest --image "$IMAGE" --git-commit "$GIT_COMMIT" '
     '--namespace "$NAMESPACE" --replicas "$REPLICAS" --max-replicas "$MAX_REPLICAS" '
-    "--out build/seldon-deployment.yaml",
+    '"$MONITORING" --out build/seldon-deployment.yaml',
 }
 SAME_REPOSITORY = "github.event.pull_request.head.repo.full_name == github.repository"
 
@@ -266,7 +266,10 @@ def test_build_pushes_lowercased_sha_and_latest_tags_to_ghcr() -> None:
 def test_deploy_has_the_inputs_and_runs_in_the_chosen_environment() -> None:
     workflow = load("deploy")
     inputs = workflow["on"]["workflow_dispatch"]["inputs"]
-    assert set(inputs) == {"image_tag", "environment", "namespace", "replicas", "dry_run"}
+    assert set(inputs) == {
+        "image_tag", "environment", "namespace", "replicas", "dry_run", "monitoring", "load_test",
+    }  # fmt: skip
+    assert inputs["load_test"]["default"] is False
     assert inputs["environment"]["type"] == "choice"
     assert inputs["environment"]["options"] == ["staging", "production"]
     assert inputs["dry_run"]["type"] == "boolean"

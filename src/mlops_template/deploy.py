@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlops_template.errors import UserError
+from mlops_template.params import DEFAULT_PARAMS, LoadTestParams
 from mlops_template.serving import contract
 
 logger = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ EXECUTOR_HTTP_PORT = 8000
 EXIT_OK = 0
 EXIT_ROLLED_BACK = 1
 EXIT_ROLLBACK_FAILED = 3
+PORT_FORWARD_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -309,6 +312,68 @@ def roll_back(
     return EXIT_ROLLED_BACK
 
 
+@dataclass(frozen=True)
+class LoadTest:
+    """A load test through the cluster after the smoke request (`mlops load-test` settings)."""
+
+    params: LoadTestParams
+    locustfile: Path
+    rows: Path
+    out: Path
+
+
+def forwarded_port(target: Target) -> tuple[list[str], int]:
+    """The `kubectl port-forward` arguments to the predictor's Service, and the local port."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    service = f"service/{target.name}-{target.predictor}"
+    arguments = ["port-forward", service, f"{port}:{EXECUTOR_HTTP_PORT}", "--address", "127.0.0.1"]
+    return [*arguments, "--namespace", target.namespace], port
+
+
+def load_test_through_cluster(kubectl: Kubectl, target: Target, settings: LoadTest) -> None:
+    """Port-forward to the predictor's Service, run the Locust scenario; StepFailed on failure."""
+    import socket
+
+    from mlops_template.loadtest import load_test
+
+    arguments, port = forwarded_port(target)
+    logger.info("kubectl %s", " ".join(arguments))
+    forward = subprocess.Popen(
+        [kubectl.binary, *arguments],
+        env=kubectl.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + PORT_FORWARD_SECONDS
+        while True:
+            if forward.poll() is not None:
+                reason = forward.stderr.read().decode(errors="replace").strip().splitlines()
+                raise StepFailed(f"port-forward failed: {reason[-1] if reason else 'it exited'}")
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if time.monotonic() > deadline:
+                raise StepFailed(f"port-forward gave no port within {PORT_FORWARD_SECONDS} s")
+            time.sleep(0.2)
+        code = load_test(
+            f"http://127.0.0.1:{port}", settings.params, settings.locustfile, settings.out,
+            settings.rows,
+        )  # fmt: skip
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(forward.pid, signal.SIGTERM)
+        forward.wait(timeout=30)
+    if code != 0:
+        raise StepFailed(f"load test failed (report: {settings.out}.html)")
+    logger.info("load test passed (report: %s.html)", settings.out)
+
+
 def deploy(
     kubectl: Kubectl,
     manifest: Path,
@@ -318,6 +383,7 @@ def deploy(
     dry_run: bool,
     smoke_attempts: int = 5,
     smoke_interval: float = 5.0,
+    load_test: LoadTest | None = None,
 ) -> int:
     """Apply `manifest`, wait, smoke-test, and roll back on failure; return the exit code."""
     target = read_target(manifest)
@@ -339,6 +405,8 @@ def deploy(
         kubectl.check("apply", "apply", "-f", str(manifest), *scope)
         wait_available(kubectl, target, timeout)
         smoke_test(kubectl, target, request, smoke_attempts, smoke_interval)
+        if load_test is not None:
+            load_test_through_cluster(kubectl, target, load_test)
     except StepFailed as error:
         logger.error("%s", error)
         return roll_back(kubectl, target, manifest, previous, timeout)
@@ -367,6 +435,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="environment variable holding the kubeconfig (YAML or base64); default: kubectl's",
     )
     parser.add_argument("--kubectl", default="kubectl", help="kubectl binary (default: kubectl)")
+    parser.add_argument(
+        "--load-test",
+        action="store_true",
+        help="after the smoke request, run the Locust scenario through a port-forward to the "
+        "predictor (params.yaml's load_test); a failure rolls back",
+    )
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file")
     parser.add_argument("--smoke-attempts", type=int, default=5, help=argparse.SUPPRESS)
     parser.add_argument("--smoke-interval", type=float, default=5.0, help=argparse.SUPPRESS)
 
@@ -377,6 +452,17 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--timeout must be positive, got {args.timeout}")
     if args.smoke_attempts < 1:
         raise UserError(f"--smoke-attempts must be at least 1, got {args.smoke_attempts}")
+    settings = None
+    if args.load_test and not args.dry_run:
+        from mlops_template import loadtest
+        from mlops_template.params import load_params, load_test_params
+
+        settings = LoadTest(
+            load_test_params(load_params(args.params)),
+            loadtest.DEFAULT_LOCUSTFILE,
+            loadtest.DEFAULT_ROWS,
+            loadtest.DEFAULT_OUT,
+        )
     with kubeconfig_from(args.kubeconfig_env, dict(os.environ)) as env:
         return deploy(
             Kubectl(args.kubectl, env),
@@ -386,4 +472,5 @@ def run(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             smoke_attempts=args.smoke_attempts,
             smoke_interval=args.smoke_interval,
+            load_test=settings,
         )

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mlops_template.errors import UserError
+from mlops_template.params import DEFAULT_PARAMS
 from mlops_template.serving import contract
 from mlops_template.serving.contract import PackageMetadata
 
@@ -199,11 +200,20 @@ def render_seldon_deployment(
     }
 
 
-def to_yaml(manifest: dict[str, Any]) -> str:
-    """The manifest as YAML, keys in the order Kubernetes documentation uses."""
+def to_yaml(manifest: dict[str, Any] | list[dict[str, Any]]) -> str:
+    """The manifest (or several objects, as YAML documents), keys in the order written."""
     import yaml
 
-    return yaml.safe_dump(manifest, sort_keys=False, default_flow_style=False)
+    documents = manifest if isinstance(manifest, list) else [manifest]
+    return yaml.safe_dump_all(documents, sort_keys=False, default_flow_style=False, width=100)
+
+
+def parse_label(text: str) -> dict[str, str]:
+    """`KEY=VALUE` as a one-label selector; UserError unless both parts are there."""
+    key, equals, value = text.partition("=")
+    if not equals or not key.strip() or not value.strip():
+        raise UserError(f"--monitoring-label must be KEY=VALUE, got {text!r}")
+    return {key.strip(): value.strip()}
 
 
 def package_manifest(metadata: PackageMetadata, image: str = PACKAGE_IMAGE) -> str:
@@ -249,6 +259,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SHA",
         help="the commit the image was built from, recorded as an annotation",
     )
+    parser.add_argument(
+        "--monitoring",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also render the PodMonitor, PrometheusRule and Grafana dashboard ConfigMap "
+        "(needs kube-prometheus-stack's CRDs in the cluster; default: on)",
+    )
+    parser.add_argument(
+        "--monitoring-label",
+        default="release=kube-prometheus-stack",
+        metavar="KEY=VALUE",
+        help="the label Prometheus selects PodMonitors and PrometheusRules by "
+        "(default: %(default)s, kube-prometheus-stack's Helm release)",
+    )
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file")
     parser.add_argument("--out", type=Path, help="file to write (default: standard output)")
 
 
@@ -273,7 +298,15 @@ def run(args: argparse.Namespace) -> int:
         model_sha256=metadata.model_sha256,
         git_commit=args.git_commit,
     )
-    text = to_yaml(manifest)
+    documents = [manifest]
+    if args.monitoring:
+        from mlops_template import monitoring
+        from mlops_template.params import load_params, monitoring_params
+
+        limits = monitoring_params(load_params(args.params))
+        selector = parse_label(args.monitoring_label)
+        documents += monitoring.kubernetes_objects(args.name, args.namespace, limits, selector)
+    text = to_yaml(documents)
     if args.out is None:
         sys.stdout.write(text)
     else:

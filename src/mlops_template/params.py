@@ -164,3 +164,66 @@ def registry_params(raw: dict[str, Any]) -> RegistryParams:
             f"(no '/' or ':'), got {section['model_name']!r}"
         )
     return RegistryParams(model_name=name)
+
+
+@dataclass(frozen=True)
+class MonitoringParams:
+    """Alert thresholds for the served model."""
+
+    server_error_ratio: float
+    client_error_ratio: float
+    p99_latency_seconds: float
+    class_share_drift: float
+    input_psi: float
+    missing_share_increase: float
+    unseen_share: float
+
+
+def monitoring_params(raw: dict[str, Any]) -> MonitoringParams:
+    """Validate the `monitoring` section: every threshold a positive number, shares below 1."""
+    section = _section(raw, "monitoring")
+    values = {}
+    for name in MonitoringParams.__dataclass_fields__:
+        value = _get(section, "monitoring", name, (int, float))
+        limit = math.inf if name in ("p99_latency_seconds", "input_psi") else 1
+        if not 0 < value <= limit:
+            raise UserError(
+                f"params.yaml: monitoring.{name} must be above 0"
+                + (" and at most 1" if limit == 1 else "")
+                + f", got {value}"
+            )
+        values[name] = float(value)
+    return MonitoringParams(**values)
+
+
+@dataclass(frozen=True)
+class LoadTestParams:
+    """How hard and how long `make load-test` pushes, and what it must hold."""
+
+    users: int
+    spawn_rate: float
+    requests_per_second_per_user: float
+    duration_seconds: int
+    bad_request_share: float
+    p95_latency_ms: float
+
+
+def load_test_params(raw: dict[str, Any]) -> LoadTestParams:
+    """Validate the `load_test` section."""
+    section = _section(raw, "load_test")
+    users = _get(section, "load_test", "users", int)
+    duration = _get(section, "load_test", "duration_seconds", int)
+    numbers = {
+        name: float(_get(section, "load_test", name, (int, float)))
+        for name in (
+            "spawn_rate", "requests_per_second_per_user", "bad_request_share", "p95_latency_ms"
+        )
+    }  # fmt: skip
+    if users < 1 or duration < 1:
+        raise UserError("params.yaml: load_test.users and duration_seconds must be at least 1")
+    if not 0 <= numbers["bad_request_share"] < 1:
+        raise UserError("params.yaml: load_test.bad_request_share must be in [0, 1)")
+    for name in ("spawn_rate", "requests_per_second_per_user", "p95_latency_ms"):
+        if numbers[name] <= 0:
+            raise UserError(f"params.yaml: load_test.{name} must be above 0")
+    return LoadTestParams(users=users, duration_seconds=duration, **numbers)

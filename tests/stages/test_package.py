@@ -125,3 +125,42 @@ def test_pinned_version_reads_hashed_lock_lines():
     assert pinned_version(lock, "numpy") == "1.26.4"
     assert pinned_version(lock, "pandas") is None
     assert pinned_version((REPO / "requirements/serve.lock").read_text(), "seldon-core") == "1.17.1"
+
+
+def test_training_reference_records_shares_and_decile_bins():
+    import numpy as np
+    import pandas as pd
+
+    from mlops_template.serving.contract import Bins, Reference
+    from mlops_template.stages.package import training_reference
+
+    schema = {
+        "classes": ["a", "b", "c"],
+        "features": [
+            {"name": "size", "kind": "numeric"},
+            {"name": "legs", "kind": "numeric"},
+            {"name": "empty", "kind": "numeric"},
+            {"name": "colour", "kind": "categorical", "categories": ["red"]},
+        ],
+    }
+    features = pd.DataFrame({
+        "size": [float(v) for v in range(1, 101)],     # ten values per decile
+        "legs": [2.0] * 60 + [4.0] * 30 + [np.nan] * 10,  # repeated deciles merge
+        "empty": [np.nan] * 100,                         # nothing to cut: no bins
+        "colour": ["red"] * 75 + [None] * 25,
+    })  # fmt: skip
+    labels = pd.Series(["a"] * 50 + ["b"] * 50)  # no "c" in training
+
+    reference = training_reference(features, labels, schema)
+
+    assert reference.class_shares == {"a": 0.5, "b": 0.5, "c": 0.0}
+    assert reference.missing_shares == {"size": 0.0, "legs": 0.1, "empty": 1.0, "colour": 0.25}
+    assert set(reference.bins) == {"size", "legs"}
+    size = reference.bins["size"]
+    assert len(size.edges) == 9
+    assert size.shares == (0.1,) * 10
+    # searchsorted "right": each edge belongs to the bin above it; the bins hold what they say.
+    counts = np.bincount(np.searchsorted(size.edges, features["size"], "right"), minlength=10)
+    assert tuple(counts / 100) == size.shares
+    assert reference.bins["legs"] == Bins(edges=(2.0, 4.0), shares=(0.0, 0.666667, 0.333333))
+    assert Reference.from_dict(reference.to_dict()) == reference

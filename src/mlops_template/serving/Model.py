@@ -212,9 +212,9 @@ class Model:
         if isinstance(message, prediction_pb2.SeldonMessage):
             raise SeldonNotImplementedError("gRPC messages are parsed by Seldon")
         columns = messages.parse_message(message, self.metadata)
-        frame = messages.to_frame(columns, self.metadata)
-        probabilities = self.probabilities(frame)
-        self.recorder.predicted(frame, probabilities)
+        typed = messages.typed_columns(columns, self.metadata)
+        probabilities = self.probabilities(messages.to_frame(typed, self.metadata))
+        self.recorder.predicted(typed, probabilities)
         shape = {"tensor": {}} if columns.kind == "tensor" else {}
         return construct_response_json(
             self,
@@ -232,9 +232,9 @@ class Model:
         returned as Seldon runtime metrics, which cost round trips to Seldon's metrics process.
         """
         columns = messages.array_columns(X, list(features_names or []), self.metadata)
-        frame = messages.to_frame(columns, self.metadata)
-        probabilities = self.probabilities(frame)
-        self.recorder.predicted(frame, probabilities)
+        typed = messages.typed_columns(columns, self.metadata)
+        probabilities = self.probabilities(messages.to_frame(typed, self.metadata))
+        self.recorder.predicted(typed, probabilities)
         return SeldonResponse(probabilities, None, [])
 
     def probabilities(self, frame: pd.DataFrame) -> np.ndarray:
@@ -267,7 +267,8 @@ class Model:
     def health_status(self) -> dict[str, Any]:
         """Predict one all-missing row, so a broken model or library fails the readiness probe."""
         probe = messages.Columns({name: [None] for name in self.metadata.feature_names}, 1)
-        probabilities = self.probabilities(messages.to_frame(probe, self.metadata))
+        typed = messages.typed_columns(probe, self.metadata)
+        probabilities = self.probabilities(messages.to_frame(typed, self.metadata))
         return {
             "status": "ok",
             "model_sha256": self.metadata.model_sha256,

@@ -10,7 +10,6 @@ and as a script it prints a field for shell scripts:
 
 from __future__ import annotations
 
-import bisect
 import json
 import math
 import re
@@ -92,9 +91,9 @@ class Bins:
     """A numeric feature's training values cut at their deciles.
 
     Bin 0 holds values below `edges[0]`, bin i values from `edges[i-1]` up to (not including)
-    `edges[i]`, the last bin the rest: `bisect.bisect_right(edges, value)`. Repeated deciles (a
-    feature with few distinct values) are merged, so bins are not all a tenth of the rows;
-    `shares` says what each held in training.
+    `edges[i]`, the last bin the rest: `numpy.searchsorted(edges, value, "right")`. Repeated
+    deciles (a feature with few distinct values) are merged, so bins are not all a tenth of the
+    rows; `shares` says what each held in training.
     """
 
     edges: tuple[float, ...]
@@ -108,10 +107,6 @@ class Bins:
         if len(self.shares) != len(self.edges) + 1:
             raise ContractError("bins need one share more than edges")
         _check_shares(self.shares, "bin shares")
-
-    def index(self, value: float) -> int:
-        """The bin a (non-missing) value falls in."""
-        return bisect.bisect_right(self.edges, value)
 
 
 @dataclass(frozen=True)

@@ -305,14 +305,20 @@ def array_columns(X: Any, names: list[str], metadata: PackageMetadata) -> Column
 # --- the model's input ----------------------------------------------------------------------------
 
 
-def to_frame(columns: Columns, metadata: PackageMetadata) -> pd.DataFrame:
+def typed_columns(columns: Columns, metadata: PackageMetadata) -> dict[str, np.ndarray]:
     """Type each column as in training: numeric as float (NaN if missing), categorical as text."""
     numeric = set(metadata.numeric_names)
-    typed = {
+    return {
         name: numeric_column(values, name) if name in numeric else categorical_column(values, name)
         for name, values in columns.values.items()
     }
-    return pd.DataFrame(typed, columns=metadata.feature_names, copy=False)
+
+
+def to_frame(typed: dict[str, np.ndarray], metadata: PackageMetadata) -> pd.DataFrame:
+    """The model's input: the typed columns, which every parser here builds in schema order."""
+    # No `columns=`: pandas would reindex, about 0.4 ms per request for nothing.
+    assert list(typed) == metadata.feature_names
+    return pd.DataFrame(typed, copy=False)
 
 
 def numeric_column(values: list[Any], name: str) -> np.ndarray:

@@ -20,7 +20,6 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from contract import NUMERIC, PackageMetadata
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, exposition
 from prometheus_client.core import Metric
@@ -130,15 +129,20 @@ class Recorder:
         counter.inc()
         LATENCY.observe(seconds)
 
-    def predicted(self, frame: pd.DataFrame, probabilities: np.ndarray) -> None:
-        """Rows, predicted classes and input summaries of one answered request."""
+    def predicted(self, columns: dict[str, np.ndarray], probabilities: np.ndarray) -> None:
+        """Rows, predicted classes and input summaries of one answered request.
+
+        `columns` are the typed inputs (messages.typed_columns): float arrays with NaN for
+        missing, object arrays of text with NaN for missing. Plain numpy and set lookups: a few
+        tens of microseconds for a single row.
+        """
         if not self.on:
             return
-        ROWS.observe(len(frame))
+        ROWS.observe(len(probabilities))
         for index, count in _nonzero(np.bincount(probabilities.argmax(axis=1))):
             self.predictions[index].inc(count)
         for name, edges, counters, missing in self.numeric:
-            values = frame[name].to_numpy(dtype=float)
+            values = columns[name]
             absent = np.isnan(values)
             if absent.any():
                 missing.inc(int(absent.sum()))
@@ -146,11 +150,14 @@ class Recorder:
             for index, count in _nonzero(np.bincount(np.searchsorted(edges, values, "right"))):
                 counters[index].inc(count)
         for name, known, missing, unseen in self.categorical:
-            values = frame[name]
-            absent = values.isna()
-            if absent.any():
-                missing.inc(int(absent.sum()))
-            new = int((~absent & ~values.isin(known)).sum())
+            absent = new = 0
+            for value in columns[name]:
+                if not isinstance(value, str):
+                    absent += 1
+                elif value not in known:
+                    new += 1
+            if absent:
+                missing.inc(absent)
             if new:
                 unseen.inc(new)
 
