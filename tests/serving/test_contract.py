@@ -9,17 +9,14 @@ import pytest
 
 from mlops_template.serving.contract import ContractError, PackageMetadata
 
-from ..conftest import REPO
-
-PACKAGE = REPO / "models" / "serving"
-
 
 @pytest.fixture
-def metadata() -> dict:
-    return json.loads((PACKAGE / "metadata.json").read_text())
+def metadata(serving_package) -> dict:
+    """The metadata.json of a package built from the bundled data (penguins)."""
+    return json.loads((serving_package / "metadata.json").read_text())
 
 
-def test_the_committed_package_metadata_round_trips(metadata):
+def test_package_metadata_round_trips(metadata):
     assert PackageMetadata.from_dict(metadata).to_dict() == metadata
 
 
