@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mlops_template import stack
+from mlops_template import processes, stack
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -119,12 +119,12 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-remote-") as scratch:
         root = Path(scratch)
-        s3_process, s3_url = stack.start_s3(stack.free_port(), root / "s3.log")
+        s3_process, s3_url = stack.start_s3(processes.free_port(), root / "s3.log")
         credentials = stack.Credentials(*stack.STACK_CREDENTIALS)
         try:
             stack.s3_client(s3_url, credentials).create_bucket(Bucket="bench-mlflow")
             mlflow_process, mlflow_url = stack.start_mlflow(
-                stack.free_port(),
+                processes.free_port(),
                 f"sqlite:///{root / 'mlflow.db'}",
                 "s3://bench-mlflow/mlflow",
                 stack.mlflow_environment(s3_url, credentials),
@@ -133,7 +133,7 @@ def main() -> None:
             try:
                 times = train_rounds(root, mlflow_url, args.rounds)
             finally:
-                stack.stop(mlflow_process.pid)
+                processes.stop(mlflow_process.pid)
             local, server = (statistics.median(times[key]) for key in ("local", "server"))
             print(
                 f"Train stage, `dvc repro --force --single-item train`, {args.rounds} rounds each:"
@@ -157,7 +157,7 @@ def main() -> None:
                     f"({mib / push:.0f} MiB/s) | {pull:.1f} ({mib / pull:.0f} MiB/s) |"
                 )
         finally:
-            stack.stop(s3_process.pid)
+            processes.stop(s3_process.pid)
 
 
 if __name__ == "__main__":

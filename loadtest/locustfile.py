@@ -18,6 +18,7 @@ import random
 from pathlib import Path
 
 from locust import HttpUser, constant_throughput, events, task
+from locust.stats import RequestStats, StatsEntry
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = Path(os.environ.get("LOAD_TEST_ROWS", REPO / "data" / "processed" / "test.csv"))
@@ -34,22 +35,19 @@ MAX_BATCH = 50
 logger = logging.getLogger("load-test")
 
 
-def load_rows() -> tuple[list[str], list[list[object]]]:
-    """Feature names and the test split's rows as JSON values (null where missing)."""
+def load_rows() -> tuple[list[str], int, list[list[object]]]:
+    """Feature names, the first numeric feature's index, and the test rows (null where missing)."""
     import pandas as pd
 
-    schema = json.loads(SCHEMA.read_text())
-    names = [feature["name"] for feature in schema["features"]]
+    features = json.loads(SCHEMA.read_text())["features"]
+    names = [feature["name"] for feature in features]
+    numeric = next(index for index, f in enumerate(features) if f["kind"] == "numeric")
     frame = pd.read_csv(ROWS)[names].astype(object)
     rows = [[None if pd.isna(v) else v for v in row] for row in frame.itertuples(index=False)]
-    return names, rows
+    return names, numeric, rows
 
 
-NAMES, TEST_ROWS = load_rows()
-NUMERIC = next(
-    index for index, f in enumerate(json.loads(SCHEMA.read_text())["features"])
-    if f["kind"] == "numeric"
-)  # fmt: skip
+NAMES, NUMERIC, TEST_ROWS = load_rows()
 
 
 def malformed(rng: random.Random) -> tuple[str, bytes]:
@@ -98,56 +96,44 @@ class Client(HttpUser):
                 response.failure(f"expected {expected}, got {response.status_code}")
 
 
+def combined(stats: RequestStats, name: str, entries: list[StatsEntry]) -> StatsEntry:
+    """One Locust stats entry adding up `entries` (counts, failures, response times)."""
+    total = StatsEntry(stats, name, "")
+    for entry in entries:
+        total.extend(entry)
+    return total
+
+
 @events.quitting.add_listener
 def judge(environment, **_kwargs) -> None:
     """Exit code 1 when a good request failed or the good requests' p95 is over the limit."""
     stats = environment.stats
-    good = [entry for entry in stats.entries.values() if entry.name.startswith(GOOD)]
-    failed = sum(entry.num_failures for entry in good)
-    bad_failed = sum(
-        entry.num_failures for entry in stats.entries.values() if not entry.name.startswith(GOOD)
-    )
-    times: dict[int, int] = {}
-    for entry in good:
-        for milliseconds, count in entry.response_times.items():
-            times[milliseconds] = times.get(milliseconds, 0) + count
-    total = sum(times.values())
-    p95 = 0.0
-    if total:
-        seen = 0
-        for milliseconds in sorted(times):
-            seen += times[milliseconds]
-            if seen >= 0.95 * total:
-                p95 = float(milliseconds)
-                break
+    entries = list(stats.entries.values())
+    good = combined(stats, GOOD, [e for e in entries if e.name.startswith(GOOD)])
+    bad = combined(stats, "bad", [e for e in entries if not e.name.startswith(GOOD)])
+    p95 = float(good.get_response_time_percentile(0.95))
     problems = []
-    if failed:
-        problems.append(f"{failed} good requests failed")
-    if bad_failed:
-        problems.append(f"{bad_failed} malformed requests were not answered 400")
+    if good.num_failures:
+        problems.append(f"{good.num_failures} good requests failed")
+    if bad.num_failures:
+        problems.append(f"{bad.num_failures} malformed requests were not answered 400")
     if p95 > P95_MS:
-        problems.append(f"good requests' p95 latency {p95:.0f} ms is over {P95_MS:.0f} ms")
-    if not total:
+        problems.append(f"good requests' p95 latency {p95:.0f} ms is over {P95_MS:g} ms")
+    if not good.num_requests:
         problems.append("no good request was answered")
-    summary = f"{total} good requests, p95 {p95:.0f} ms (limit {P95_MS:.0f} ms)"
+    summary = f"{good.num_requests} good requests, p95 {p95:.0f} ms (limit {P95_MS:g} ms)"
     if SUMMARY:
-        bad = sum(e.num_requests for e in stats.entries.values() if not e.name.startswith(GOOD))
-        Path(SUMMARY).write_text(
-            json.dumps(
-                {
-                    "requests": stats.total.num_requests,
-                    "good": sum(entry.num_requests for entry in good),
-                    "bad": bad,
-                    "good_failed": failed,
-                    "bad_not_400": bad_failed,
-                    "good_p95_ms": p95,
-                    "p95_limit_ms": P95_MS,
-                    "problems": problems,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+        counts = {
+            "requests": stats.total.num_requests,
+            "good": good.num_requests,
+            "bad": bad.num_requests,
+            "good_failed": good.num_failures,
+            "bad_not_400": bad.num_failures,
+            "good_p95_ms": p95,
+            "p95_limit_ms": P95_MS,
+            "problems": problems,
+        }
+        Path(SUMMARY).write_text(json.dumps(counts, indent=2) + "\n")
     if problems:
         logger.error("load test failed: %s; %s", "; ".join(problems), summary)
         environment.process_exit_code = 1

@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -34,6 +33,7 @@ from pathlib import Path
 
 from mlops_template.errors import UserError
 from mlops_template.params import DEFAULT_PARAMS, LoadTestParams
+from mlops_template.processes import HOST, free_port, stop
 from mlops_template.serving import contract
 
 logger = logging.getLogger(__name__)
@@ -324,13 +324,9 @@ class LoadTest:
 
 def forwarded_port(target: Target) -> tuple[list[str], int]:
     """The `kubectl port-forward` arguments to the predictor's Service, and the local port."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     service = f"service/{target.name}-{target.predictor}"
-    arguments = ["port-forward", service, f"{port}:{EXECUTOR_HTTP_PORT}", "--address", "127.0.0.1"]
+    arguments = ["port-forward", service, f"{port}:{EXECUTOR_HTTP_PORT}", "--address", HOST]
     return [*arguments, "--namespace", target.namespace], port
 
 
@@ -356,19 +352,18 @@ def load_test_through_cluster(kubectl: Kubectl, target: Target, settings: LoadTe
                 reason = forward.stderr.read().decode(errors="replace").strip().splitlines()
                 raise StepFailed(f"port-forward failed: {reason[-1] if reason else 'it exited'}")
             with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                if probe.connect_ex((HOST, port)) == 0:
                     break
             if time.monotonic() > deadline:
                 raise StepFailed(f"port-forward gave no port within {PORT_FORWARD_SECONDS} s")
             time.sleep(0.2)
         code = load_test(
-            f"http://127.0.0.1:{port}", settings.params, settings.locustfile, settings.out,
+            f"http://{HOST}:{port}", settings.params, settings.locustfile, settings.out,
             settings.rows,
         )  # fmt: skip
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(forward.pid, signal.SIGTERM)
-        forward.wait(timeout=30)
+        stop(forward.pid)
+        forward.wait()
     if code != 0:
         raise StepFailed(f"load test failed (report: {settings.out}.html)")
     logger.info("load test passed (report: %s.html)", settings.out)

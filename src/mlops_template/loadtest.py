@@ -2,14 +2,15 @@
 
 Headless and bounded: the users, their rate and the duration come from params.yaml's
 `load_test`. Writes Locust's CSV files, HTML report and the final counts (`<out>_summary.json`)
-next to each other (`--out`), and exits
-non-zero when a good request fails, a malformed one is not answered 400, or the good requests'
-95th percentile latency is over `load_test.p95_latency_ms`.
+next to each other (`--out`), and exits non-zero when a good request fails, a malformed one is
+not answered 400, or the good requests' 95th percentile latency is over
+`load_test.p95_latency_ms`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import subprocess
@@ -92,5 +93,5 @@ def run(args: argparse.Namespace) -> int:
     if args.duration is not None:
         if args.duration < 1:
             raise UserError(f"--duration must be at least 1 second, got {args.duration}")
-        params = LoadTestParams(**{**params.__dict__, "duration_seconds": args.duration})
+        params = dataclasses.replace(params, duration_seconds=args.duration)
     return load_test(args.url, params, args.locustfile, args.out, args.rows)

@@ -62,6 +62,11 @@ def _input_share(counter: str, window: str) -> str:
     return _ratio(counter, "feature", "model_request_rows_sum", window)
 
 
+def training_share(gauge: str, by: str) -> str:
+    """A training reference gauge, one series per model and `by` value (its replicas agree)."""
+    return f"max by ({BY}, {by}) ({gauge})"
+
+
 def status_share(code: str, window: str) -> str:
     """The share of prediction requests answered with a status class (2xx, 4xx, 5xx)."""
     return (
@@ -82,7 +87,7 @@ def class_share_gap(window: str) -> str:
     """How far each predicted class's share is from its share of the training rows."""
     return (
         f"abs(({_share('model_predictions_total', 'class', window)}) - on({BY}, class) "
-        f"max by ({BY}, class) (model_training_class_share))"
+        f"{training_share('model_training_class_share', 'class')})"
     )
 
 
@@ -90,7 +95,7 @@ def missing_share_increase(window: str) -> str:
     """Each input's missing share above its training missing share."""
     return (
         f"({_input_share('model_input_missing_total', window)}) - on({BY}, feature) "
-        f"max by ({BY}, feature) (model_training_missing_share)"
+        f"{training_share('model_training_missing_share', 'feature')}"
     )
 
 
@@ -101,7 +106,7 @@ def psi(window: str) -> str:
         f"ignoring(bin) group_left sum by ({BY}, feature) "
         f"(rate(model_input_bin_total[{window}])), {FLOOR})"
     )
-    then = f"clamp_min(max by ({BY}, feature, bin) (model_training_bin_share), {FLOOR})"
+    then = f"clamp_min({training_share('model_training_bin_share', 'feature, bin')}, {FLOOR})"
     return f"sum by ({BY}, feature) (({now} - {then}) * ln({now} / {then}))"
 
 
@@ -161,7 +166,7 @@ PANELS = (
         "percentunit",
         (
             (legend("", "class", BY), _share("model_predictions_total", "class", R)),
-            (legend("training", "class"), f"max by ({BY}, class) (model_training_class_share)"),
+            (legend("training", "class"), training_share("model_training_class_share", "class")),
         ),
         "A class far from its training share (ModelPredictionShareDrift) means the inputs or "
         "the world changed.",
@@ -173,7 +178,7 @@ PANELS = (
             (legend("", "feature", BY), _input_share("model_input_missing_total", R)),
             (
                 legend("training", "feature"),
-                f"max by ({BY}, feature) (model_training_missing_share)",
+                training_share("model_training_missing_share", "feature"),
             ),
         ),
         "ModelMissingInputs: the share above training's.",

@@ -13,29 +13,24 @@ server's memory: `stack down` forgets everything, and `stack up` starts empty.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mlops_template.errors import UserError
+from mlops_template.processes import HOST, running, start, stop, wait_until_answers
 
 logger = logging.getLogger(__name__)
 
 STATE_DIR = Path(".stack")
 STATE_FILE = "state.json"
 ENV_FILE = "env"
-HOST = "127.0.0.1"
 BUCKET = "mlops-stack"
 REMOTE = "stack"
 REGION = "us-east-1"
@@ -44,7 +39,6 @@ DEFAULT_S3_PORT = 4566
 DEFAULT_MLFLOW_PORT = 5050
 S3_READY_SECONDS = 30.0
 MLFLOW_READY_SECONDS = 120.0
-STOP_SECONDS = 10.0
 # Moto accepts any key unless told to check them. The stack does not: moto cannot check the
 # presigned URLs MLflow's clients download artifacts with (refused-credential behaviour is tested
 # against a second S3 server that checks, see `start_s3`). Keys as S3 wants them all the same.
@@ -133,73 +127,6 @@ def port_from(variable: str, default: int) -> int:
                 f"with {variable}=PORT"
             ) from None
     return port
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now (the kernel picks it)."""
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return probe.getsockname()[1]
-
-
-def start(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """Start a server in a session (and process group) of its own, its output in `log`."""
-    with log.open("ab") as output:
-        return subprocess.Popen(
-            command,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-
-
-def wait_until_answers(
-    name: str, url: str, process: subprocess.Popen[bytes], seconds: float, log: Path
-) -> None:
-    """Poll `url` until it answers 200; UserError if the process ends or time runs out."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise UserError(f"{name} exited with code {process.returncode} at start; see {log}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (OSError, urllib.error.URLError):
-            pass
-        time.sleep(0.2)
-    stop(process.pid)
-    raise UserError(f"{name} did not answer at {url} within {seconds:.0f} s; see {log}")
-
-
-def stop(pid: int, seconds: float = STOP_SECONDS) -> None:
-    """SIGTERM the process group `pid` leads, SIGKILL what is left after `seconds`."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
-
-
-def running(pid: int) -> bool:
-    """Whether the process group `pid` leads still has a live process."""
-    try:
-        os.killpg(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def tool(name: str) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mlops_template import stack
+from mlops_template import processes, stack
 from tests.conftest import clone_repository, project_env, sh
 
 STACK_KEYS = stack.Credentials(*stack.STACK_CREDENTIALS)
@@ -69,7 +69,7 @@ class MLflowServer:
 def start_s3(directory: Path, check_credentials: bool = False) -> S3:
     """Moto's S3 server on a free port, logging into `directory`."""
     process, url = stack.start_s3(
-        stack.free_port(), directory / "s3.log", check_credentials=check_credentials
+        processes.free_port(), directory / "s3.log", check_credentials=check_credentials
     )
     credentials = stack.create_s3_user(url) if check_credentials else STACK_KEYS
     return S3(url, credentials, process.pid)
@@ -81,7 +81,7 @@ def start_mlflow(
     """`mlflow server` on a free port: backend in `directory`, artifacts in `bucket`."""
     log = directory / "mlflow.log"
     process, url = stack.start_mlflow(
-        stack.free_port(),
+        processes.free_port(),
         f"sqlite:///{directory / 'mlflow.db'}",
         f"s3://{bucket}/mlflow",
         stack.mlflow_environment(s3.url, s3.credentials),
@@ -98,7 +98,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
     try:
         yield server
     finally:
-        stack.stop(server.pid)
+        processes.stop(server.pid)
 
 
 @pytest.fixture(scope="session")
@@ -108,7 +108,7 @@ def mlflow_server(s3: S3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     try:
         yield server
     finally:
-        stack.stop(server.pid)
+        processes.stop(server.pid)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mlops_template import stack
+from mlops_template import processes, stack
 from tests.conftest import REPO, clone_repository, fails, project_env, sh, snapshot
 from tests.remote.conftest import S3, copy_of, start_s3
 
@@ -79,7 +79,7 @@ def checking_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
     try:
         yield server
     finally:
-        stack.stop(server.pid)
+        processes.stop(server.pid)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def remotes(s3: S3, checking_s3: S3) -> dict[str, tuple[str, str, dict[str, str]
     return {
         "endpoint down": (
             "s3://mlops-stack/dvc",
-            f"http://127.0.0.1:{stack.free_port()}",
+            f"http://127.0.0.1:{processes.free_port()}",
             s3.env(),
             r"cannot reach the storage: Could not connect to the endpoint URL",
         ),

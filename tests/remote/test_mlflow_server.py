@@ -20,7 +20,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from mlops_template import stack
+from mlops_template import processes
 from mlops_template.files import sha256
 from mlops_template.plots import IMAGE_NAMES
 from tests.conftest import REPO, fails, project_env, sh, snapshot
@@ -138,7 +138,7 @@ def fragile(
     try:
         yield server, registry
     finally:
-        stack.stop(server.pid)
+        processes.stop(server.pid)
 
 
 def stage_error(output: str) -> str:
@@ -220,11 +220,11 @@ def test_a_tracking_server_that_dies_mid_run_fails_the_stage_and_keeps_the_outpu
             assert repro.poll() is None, repro.stdout.read()
             assert time.monotonic() < deadline, "the stage never reached the server"
             time.sleep(0.05)
-        stack.stop(server.pid)
+        processes.stop(server.pid)
         output, _ = repro.communicate(timeout=300)
     finally:
         if repro.poll() is None:
-            stack.stop(repro.pid)
+            processes.stop(repro.pid)
     assert repro.returncode != 0, output
     assert stage_error(output).startswith(f"MLflow store {server.url}")
     assert snapshot(repository) == before

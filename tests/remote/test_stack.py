@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from mlops_template import stack
 from mlops_template.files import sha256
+from mlops_template.processes import free_port
 from tests.conftest import clone_repository, fails, project_env, sh
 
 pytestmark = [pytest.mark.slow, pytest.mark.remote]
@@ -42,7 +43,10 @@ def _pgid(pid: int) -> int | None:
 
 def test_stack_up_run_push_status_down(tmp_path: Path) -> None:
     repository = clone_repository(tmp_path / "repo")
-    ports = {"STACK_S3_PORT": str(stack.free_port()), "STACK_MLFLOW_PORT": str(stack.free_port())}
+    ports = {
+        "STACK_S3_PORT": str(free_port()),
+        "STACK_MLFLOW_PORT": str(free_port()),
+    }
     env = project_env(**ports)
 
     started = sh("mlops", "stack", "up", cwd=repository, env=env)
@@ -102,7 +106,7 @@ def test_a_port_in_use_is_one_line_naming_it(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = project_env(STACK_S3_PORT=str(port), STACK_MLFLOW_PORT=str(stack.free_port()))
+        env = project_env(STACK_S3_PORT=str(port), STACK_MLFLOW_PORT=str(free_port()))
         output = fails("mlops", "stack", "up", cwd=repository, env=env)
     assert output.strip() == (
         f"error: port {port} on 127.0.0.1 is in use: stop what listens there, or choose another "

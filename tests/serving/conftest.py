@@ -112,6 +112,22 @@ class Server:
         return self.process.wait(timeout=timeout)
 
 
+def load_test(
+    url: str, serving_package: Path, params: Path, seconds: int, out: Path
+) -> subprocess.CompletedProcess[str]:
+    """`mlops load-test` against `url` for `seconds`, rows from the package's test split."""
+    return subprocess.run(
+        [
+            sys.executable, "-m", "mlops_template.cli", "load-test", "--url", url,
+            "--duration", str(seconds), "--out", str(out),
+            "--rows", str(serving_package.parent / "processed" / "test.csv"),
+            "--locustfile", str(REPO / "loadtest" / "locustfile.py"),
+            "--params", str(params),
+        ],
+        capture_output=True, text=True, timeout=seconds + 180,
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def serve_python() -> Path:
     """The serving environment's interpreter (the one the image installs)."""

@@ -191,6 +191,9 @@ def test_feedback_is_acknowledged_unread(server: Server) -> None:
         assert status == 200, answer
     status, answer = http("POST", f"{server.url}/api/v1.0/feedback", b'{"reward": "a lot"}')
     assert status == 400, answer
+    status, answer = http("POST", f"{server.url}/api/v1.0/feedback", b"false")
+    assert status == 400, answer
+    assert "feedback must be a JSON object" in answer["status"]["info"]
 
 
 CLIENT_SCRIPT = textwrap.dedent(

@@ -9,8 +9,7 @@ counters agree with what Locust sent, and no good request failed.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import os
 import time
 import urllib.parse
 import urllib.request
@@ -19,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from mlops_template import monitoring, prometheus, stack
+from mlops_template import monitoring, processes, prometheus
 from mlops_template.params import load_params, monitoring_params
-from tests.serving.conftest import REPO, Server, free_port
+from tests.serving.conftest import REPO, Server, free_port, load_test
 
 pytestmark = pytest.mark.slow
 
@@ -53,16 +52,14 @@ def watched(serving_package: Path, tmp_path: Path) -> Iterator[tuple[Server, str
     )
     port = free_port()
     command = prometheus.command(config, tmp_path / "monitor" / "data", port)
-    with (tmp_path / "prometheus.log").open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)  # fmt: skip
+    process = processes.start(command, tmp_path / "prometheus.log", dict(os.environ))
     base = f"http://127.0.0.1:{port}"
     try:
         server.wait_ready()
-        stack.wait_until_answers("Prometheus", f"{base}/-/ready", process, 60, tmp_path)
+        processes.wait_until_answers("Prometheus", f"{base}/-/ready", process, 60, tmp_path)
         yield server, base
     finally:
-        stack.stop(process.pid)
+        processes.stop(process.pid)
         server.stop()
 
 
@@ -80,16 +77,7 @@ def test_prometheus_sees_the_load_test_on_every_panel(
     }
 
     out = tmp_path / "load"
-    done = subprocess.run(
-        [
-            sys.executable, "-m", "mlops_template.cli", "load-test", "--url", server.url,
-            "--duration", str(LOAD_SECONDS), "--out", str(out),
-            "--rows", str(serving_package.parent / "processed" / "test.csv"),
-            "--locustfile", str(REPO / "loadtest" / "locustfile.py"),
-            "--params", str(REPO / "params.yaml"),
-        ],
-        capture_output=True, text=True, timeout=LOAD_SECONDS + 180,
-    )  # fmt: skip
+    done = load_test(server.url, serving_package, REPO / "params.yaml", LOAD_SECONDS, out)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads(Path(f"{out}_summary.json").read_text())
     sent, bad = summary["requests"], summary["bad"]

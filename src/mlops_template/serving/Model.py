@@ -19,7 +19,6 @@ from typing import Any
 import messages
 import model_metrics
 import numpy as np
-import pandas as pd
 from contract import MODEL_FILE, ContractError, PackageMetadata
 from flask import Blueprint, Response, g, jsonify, request
 from messages import BadRequest
@@ -34,6 +33,9 @@ logger = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent
 # Seldon's view function for /api/v1.0/predictions, /api/v0.1/predictions and /predict.
 PREDICT_ENDPOINT = "Predict"
+# Seldon's view function for /api/v1.0/feedback: it parses the body into a Feedback message, and
+# anything but a JSON object fails inside protobuf with HTTP 500.
+FEEDBACK_ENDPOINT = "SendFeedback"
 # Seldon serves these on every component; they belong to transformers, routers and combiners, and
 # for a model they would only run Seldon's own parsing of the body (HTTP 500 on a malformed one).
 OTHER_COMPONENT_ENDPOINTS = frozenset({"TransformInput", "TransformOutput", "Route", "Aggregate"})
@@ -159,8 +161,8 @@ class Model:
                     f"{request.path} is for other kinds of Seldon component; this server is a "
                     "model: POST /api/v1.0/predictions"
                 )
-            if request.endpoint != PREDICT_ENDPOINT:
-                return  # not a prediction (or a 404/405 about to be answered)
+            if request.endpoint not in (PREDICT_ENDPOINT, FEEDBACK_ENDPOINT):
+                return  # not a prediction or feedback (or a 404/405 about to be answered)
             # Checked before anything reads the body (Flask's own limit would read it all first).
             if (request.content_length or 0) > body_limit:
                 raise RequestEntityTooLarge(
@@ -178,14 +180,23 @@ class Model:
                 return
             field = request.form.get("json") or request.args.get("json")
             if field:
-                messages.loads(field)
+                check_feedback(messages.loads(field))
                 return
             if not request.is_json:
                 raise BadRequest(
                     f"Content-Type must be application/json, got {content_type or 'none'!r}"
                 )
-            if request.get_json() is None:
+            body = request.get_json()
+            if body is None:
                 raise BadRequest("the request body is JSON null; send a Seldon message object")
+            check_feedback(body)
+
+        def check_feedback(body: Any) -> None:
+            if request.endpoint == FEEDBACK_ENDPOINT and not isinstance(body, dict):
+                raise BadRequest(
+                    f'feedback must be a JSON object like {{"reward": 1}}, got '
+                    f"{messages.type_name(body)}"
+                )
 
         @checks.app_errorhandler(HTTPException)
         def http_error(error: HTTPException) -> Response:
@@ -212,9 +223,7 @@ class Model:
         if isinstance(message, prediction_pb2.SeldonMessage):
             raise SeldonNotImplementedError("gRPC messages are parsed by Seldon")
         columns = messages.parse_message(message, self.metadata)
-        typed = messages.typed_columns(columns, self.metadata)
-        probabilities = self.probabilities(messages.to_frame(typed, self.metadata))
-        self.recorder.predicted(typed, probabilities)
+        probabilities = self.answer(columns)
         shape = {"tensor": {}} if columns.kind == "tensor" else {}
         return construct_response_json(
             self,
@@ -228,17 +237,23 @@ class Model:
         """Class probabilities, one row per request row, columns in `class_names()` order.
 
         REST requests are answered by `predict_raw`; this serves gRPC. The metrics (per class,
-        per feature) are recorded here, in this process's prometheus_client files, rather than
-        returned as Seldon runtime metrics, which cost round trips to Seldon's metrics process.
+        per feature) are recorded by `answer`, in this process's prometheus_client files, rather
+        than returned as Seldon runtime metrics, which cost round trips to Seldon's metrics
+        process.
         """
         columns = messages.array_columns(X, list(features_names or []), self.metadata)
-        typed = messages.typed_columns(columns, self.metadata)
-        probabilities = self.probabilities(messages.to_frame(typed, self.metadata))
-        self.recorder.predicted(typed, probabilities)
-        return SeldonResponse(probabilities, None, [])
+        return SeldonResponse(self.answer(columns), None, [])
 
-    def probabilities(self, frame: pd.DataFrame) -> np.ndarray:
-        """`predict_proba` of the pipeline, after checking the preprocessed values."""
+    def answer(self, columns: messages.Columns) -> np.ndarray:
+        """The probabilities for a request's checked columns, its rows and inputs recorded."""
+        typed = messages.typed_columns(columns, self.metadata)
+        probabilities = self.probabilities(typed)
+        self.recorder.predicted(typed, probabilities)
+        return probabilities
+
+    def probabilities(self, typed: dict[str, np.ndarray]) -> np.ndarray:
+        """`predict_proba` of the pipeline on typed columns, the preprocessed values checked."""
+        frame = messages.to_frame(typed, self.metadata)
         if self.preprocess is None:
             return self.model.predict_proba(frame)
         transformed = self.preprocess.transform(frame)
@@ -267,8 +282,7 @@ class Model:
     def health_status(self) -> dict[str, Any]:
         """Predict one all-missing row, so a broken model or library fails the readiness probe."""
         probe = messages.Columns({name: [None] for name in self.metadata.feature_names}, 1)
-        typed = messages.typed_columns(probe, self.metadata)
-        probabilities = self.probabilities(messages.to_frame(typed, self.metadata))
+        probabilities = self.probabilities(messages.typed_columns(probe, self.metadata))
         return {
             "status": "ok",
             "model_sha256": self.metadata.model_sha256,

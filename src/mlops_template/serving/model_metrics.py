@@ -94,7 +94,6 @@ class Recorder:
         """Resolve every labelled series and set the training reference gauges."""
         self.on = enabled()
         reference = metadata.reference
-        self.classes = np.asarray(metadata.classes)
         self.predictions = [PREDICTIONS.labels(label) for label in metadata.classes]
         self.requests = {code: REQUESTS.labels(code) for code in ("2xx", "4xx", "5xx")}
         self.numeric = []
