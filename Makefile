@@ -118,9 +118,23 @@ stack-status: $(VENV)/.synced ## Say what the local stack runs, and where
 report: $(VENV)/.synced ## Write report.md: params, metrics and plots against BASE (default: main)
 	$(BIN)/mlops report --base $(BASE) --out report.md
 
+# `make deploy` options, each mapped to `mlops deploy`'s (docs/workflows.md, "Deploy"):
+#   DRY_RUN=true --dry-run      LOAD_TEST=true --load-test   FORCE=true --force (past the gate)
+#   CANARY=true --canary        PROMETHEUS_URL=URL           ENVIRONMENT=staging|production
+#   ROLLBACK_TO=ALIAS|VERSION   REQUEST=FILE                 KUBECONFIG_ENV=VARIABLE
+# Values reach the command as shell variables, never as text make or the shell would expand.
 .PHONY: deploy
-deploy: $(VENV)/.synced ## kubectl-apply MANIFEST, wait, smoke-test (LOAD_TEST=true: and load-test), roll back on failure (DRY_RUN=true: validate only)
-	$(BIN)/mlops deploy --manifest $(MANIFEST) $(if $(filter true,$(DRY_RUN)),--dry-run) $(if $(filter true,$(LOAD_TEST)),--load-test) $(if $(KUBECONFIG_ENV),--kubeconfig-env $(KUBECONFIG_ENV))
+deploy: $(VENV)/.synced ## Gate, kubectl-apply MANIFEST, smoke-test, roll back on failure (DRY_RUN, FORCE, CANARY, ROLLBACK_TO...: see the Makefile)
+	$(BIN)/mlops deploy --manifest $(MANIFEST) \
+		$(if $(filter true,$(value DRY_RUN)),--dry-run) \
+		$(if $(filter true,$(value LOAD_TEST)),--load-test) \
+		$(if $(filter true,$(value FORCE)),--force) \
+		$(if $(filter true,$(value CANARY)),--canary) \
+		$(if $(value PROMETHEUS_URL),--prometheus-url "$$PROMETHEUS_URL") \
+		$(if $(value ENVIRONMENT),--environment "$$ENVIRONMENT") \
+		$(if $(value ROLLBACK_TO),--rollback-to "$$ROLLBACK_TO") \
+		$(if $(value REQUEST),--request "$$REQUEST") \
+		$(if $(value KUBECONFIG_ENV),--kubeconfig-env "$$KUBECONFIG_ENV")
 
 # Serving: the package `make run` writes, locally and as an image (docs/serving.md). Its layout
 # and metadata belong to its own contract.py; PACKAGE is where dvc.yaml's package stage writes it.

@@ -43,18 +43,9 @@ commit_of() {
 }
 git_commit=${GIT_COMMIT:-$(commit_of "$context")}
 
-engine=${CONTAINER_ENGINE:-}
-if [[ -z $engine ]]; then
-    if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
-        engine=docker
-    elif command -v podman >/dev/null; then
-        engine=podman
-    else
-        echo "error: no container engine: need a running Docker engine, or podman" \
-            "(make container-tools installs podman, buildah and debootstrap on Debian/Ubuntu)" >&2
-        exit 3
-    fi
-fi
+# shellcheck source=scripts/container-engine.sh
+source "${BASH_SOURCE[0]%/*}/container-engine.sh"
+engine=$(container_engine)
 
 # Print the name of a local Debian 12 base with python3 and venv, building it on first use.
 local_base() {

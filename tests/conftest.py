@@ -102,6 +102,7 @@ def package_metadata(**fields: Any):
         "training_rows": 60,
         "max_batch_rows": 100,
         "model_sha256": "ab" * 32,
+        "evaluation_data_sha256": "cd" * 32,
         "reference": contract.Reference(
             class_shares={"ant": 0.5, "bee": 0.5},
             missing_shares={"length": 0.1, "colour": 0.0},

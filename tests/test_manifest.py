@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +35,7 @@ def test_renders_image_replicas_resources_probes_and_hpa() -> None:
         cpu_request="500m",
         memory_limit="2Gi",
         workers=3,
-        model_sha256=SHA,
+        model=package_metadata(model_sha256=SHA, metrics={"f1_macro": 0.93, "accuracy": 0.95}),
         git_commit="c0ffee",
     )
     assert manifest["apiVersion"] == "machinelearning.seldon.io/v1"
@@ -43,6 +44,10 @@ def test_renders_image_replicas_resources_probes_and_hpa() -> None:
     assert manifest["metadata"]["namespace"] == "models"
     assert manifest["metadata"]["annotations"]["mlops-template/model-sha256"] == SHA
     assert manifest["metadata"]["annotations"]["mlops-template/git-commit"] == "c0ffee"
+    # What the deploy gate reads from the live object: the model's test metrics and test data.
+    assert manifest["metadata"]["annotations"]["mlops-template/evaluation-data-sha256"] == "cd" * 32
+    metrics = json.loads(manifest["metadata"]["annotations"]["mlops-template/metrics"])
+    assert metrics == {"accuracy": 0.95, "f1_macro": 0.93}
     predictor = manifest["spec"]["predictors"][0]
     assert predictor["replicas"] == 3
     container = container_of(manifest)
@@ -52,6 +57,9 @@ def test_renders_image_replicas_resources_probes_and_hpa() -> None:
     assert {"name": "GUNICORN_WORKERS", "value": "3"} in container["env"]
     assert container["readinessProbe"]["httpGet"] == {"path": "/health/status", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/health/ping", "port": "http"}
+    # The pod label a canary's metrics are told apart by (the PodMonitor keeps it).
+    labels = predictor["componentSpecs"][0]["metadata"]["labels"]
+    assert labels == {"mlops-template/predictor": "default"}
     hpa = predictor["componentSpecs"][0]["hpaSpec"]
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 6)
     assert hpa["metricsv2"][0]["resource"]["name"] == "cpu"
@@ -129,6 +137,8 @@ def test_cli_writes_the_manifest_with_the_package_identity(tmp_path: Path) -> No
     assert manifest["metadata"]["namespace"] == "prod"
     assert manifest["metadata"]["annotations"] == {
         "mlops-template/model-sha256": SHA,
+        "mlops-template/evaluation-data-sha256": "cd" * 32,
+        "mlops-template/metrics": '{"accuracy": 0.9}',
         "mlops-template/git-commit": "c0ffee",
     }
 
@@ -165,4 +175,8 @@ def test_package_manifest_names_the_model_and_no_commit() -> None:
     """The package's own manifest: the model's sha256, nothing that changes with each commit."""
     manifest = yaml.safe_load(package_manifest(package_metadata(model_sha256=SHA)))
     assert container_of(manifest)["image"] == "localhost/mlops-template-model:latest"
-    assert manifest["metadata"]["annotations"] == {"mlops-template/model-sha256": SHA}
+    assert manifest["metadata"]["annotations"] == {
+        "mlops-template/model-sha256": SHA,
+        "mlops-template/evaluation-data-sha256": "cd" * 32,
+        "mlops-template/metrics": '{"accuracy": 0.9}',
+    }

@@ -7,6 +7,7 @@ import pytest
 from mlops_template.errors import UserError
 from mlops_template.params import (
     data_params,
+    deploy_params,
     load_params,
     package_params,
     process_params,
@@ -27,6 +28,10 @@ def test_repository_params_are_valid():
         "decision_tree",
     }
     assert package_params(raw).max_batch_rows >= 1
+    deploy = deploy_params(raw)
+    assert deploy.gate.metric == "f1_macro"
+    assert deploy.gate.higher_is_better is True
+    assert 1 <= deploy.canary.traffic_percent <= 99
 
 
 @pytest.mark.parametrize("test_size", [0, 1, 1.5, -0.2])
@@ -84,3 +89,22 @@ def test_registry_model_name_must_name_a_model():
     for name in ("", "  ", "team/model", "models:/x", 3):
         with pytest.raises(UserError, match=r"registry\.model_name"):
             registry_params(params_dict(registry={"model_name": name}))
+
+
+@pytest.mark.parametrize(
+    ("block", "values", "message"),
+    [
+        ("gate", {"metric": " "}, "deploy.gate.metric must name a test metric"),
+        ("gate", {"higher_is_better": "yes"}, "deploy.gate.higher_is_better must be bool"),
+        ("gate", {"tolerance": -0.1}, "deploy.gate.tolerance must be 0 or more"),
+        ("canary", {"traffic_percent": 100}, "traffic_percent must be between 1 and 99"),
+        ("canary", {"traffic_percent": 0.5}, "deploy.canary.traffic_percent must be int"),
+        ("canary", {"probe_interval_seconds": 0}, "probe_interval_seconds above 0"),
+        ("canary", {"observe_seconds": 5, "probe_interval_seconds": 10}, "at most observe_seconds"),
+    ],
+)
+def test_deploy_gate_and_canary_settings_are_checked(block, values, message):
+    raw = params_dict()
+    raw["deploy"][block].update(values)
+    with pytest.raises(UserError, match=message):
+        deploy_params(raw)

@@ -1,7 +1,8 @@
-"""The shell scripts the workflows call: the image job summary."""
+"""The shell scripts the workflows call: the image job summary, the package out of an image."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -85,3 +86,59 @@ def test_image_summary_without_valid_metadata_is_a_one_line_error(
     assert done.stderr.strip().count("\n") == 0
     assert re.search(message, done.stderr), done.stderr
     assert done.stdout == ""
+
+
+IMAGE_PACKAGE = ROOT / "scripts" / "image-package.sh"
+
+
+def run_image_package(*args: str | Path, path: str | None = None) -> subprocess.CompletedProcess:
+    """Run scripts/image-package.sh, optionally with a PATH of its own."""
+    env = {key: value for key, value in os.environ.items() if key != "CONTAINER_ENGINE"}
+    if path is not None:
+        env["PATH"] = path
+    return subprocess.run(
+        [str(IMAGE_PACKAGE), *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_image_package_without_docker_or_podman_is_a_one_line_error(tmp_path: Path) -> None:
+    # A PATH with the shell and nothing else: no docker, no podman.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "bash").symlink_to(shutil.which("bash"))
+    out = tmp_path / "package"
+    done = run_image_package("ghcr.io/owner/repo:abc", out, path=str(bin_dir))
+    assert done.returncode == 3
+    assert done.stderr.strip().count("\n") == 0
+    assert "no container engine: need a running Docker engine, or podman" in done.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), r"^usage: .*image-package\.sh IMAGE DIR$"),
+        (("ghcr.io/owner/repo:abc",), r"^usage: .*image-package\.sh IMAGE DIR$"),
+        (("", "DIR"), r"^usage: .*image-package\.sh IMAGE DIR$"),
+        (("ghcr.io/owner/repo:abc", "FULL"), r"^error: .*/full is not empty"),
+        (("ghcr.io/owner/repo:abc", "FILE"), r"^error: .*/file exists and is not a directory$"),
+    ],
+)
+def test_image_package_with_bad_arguments_is_a_one_line_error(
+    tmp_path: Path, args: tuple[str, ...], message: str
+) -> None:
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "left-over").write_text("")
+    (tmp_path / "file").write_text("")
+    paths = {"DIR": tmp_path / "new", "FULL": tmp_path / "full", "FILE": tmp_path / "file"}
+    done = run_image_package(*(paths.get(arg, arg) for arg in args))
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0
+    assert re.search(message, done.stderr.strip()), done.stderr
+    assert done.stdout == ""
+    assert not (tmp_path / "new").exists()

@@ -7,6 +7,7 @@ and every `run:` step a Make target that exists (so CI does what `make` does on 
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -30,7 +31,9 @@ OTHER_RUN_STEPS = {
     '--watermark-title="Model report" report.md',
     'scripts/smoke-test-image.sh "$IMAGE"',
     'scripts/image-summary.sh "$IMAGE" "$DIGEST" >> "$GITHUB_STEP_SUMMARY"',
-    '.venv/bin/mlops manifest --image "$IMAGE" --git-commit "$GIT_COMMIT" '
+    'docker pull "$IMAGE"',
+    'scripts/image-package.sh "$IMAGE" build/package',
+    '.venv/bin/mlops manifest --image "$IMAGE" --package "$PACKAGE" --git-commit "$GIT_COMMIT" '
     '--namespace "$NAMESPACE" --replicas "$REPLICAS" --max-replicas "$MAX_REPLICAS" '
     '"$MONITORING" --out build/seldon-deployment.yaml',
 }
@@ -268,6 +271,7 @@ def test_deploy_has_the_inputs_and_runs_in_the_chosen_environment() -> None:
     inputs = workflow["on"]["workflow_dispatch"]["inputs"]
     assert set(inputs) == {
         "image_tag", "environment", "namespace", "replicas", "dry_run", "monitoring", "load_test",
+        "force", "canary", "prometheus_url", "rollback_to",
     }  # fmt: skip
     assert inputs["load_test"]["default"] is False
     assert inputs["environment"]["type"] == "choice"
@@ -289,6 +293,174 @@ def test_deploy_passes_the_kubeconfig_only_to_the_deploy_step() -> None:
     assert len(holders) == 1
     assert holders[0]["run"] == "make deploy MANIFEST=build/seldon-deployment.yaml"
     assert holders[0]["env"]["KUBECONFIG_ENV"] == "KUBE_CONFIG"
+
+
+def deploy_job_steps() -> list[dict[str, Any]]:
+    """The steps of the deploy workflow's deploy job, in order."""
+    return load("deploy")["jobs"]["deploy"]["steps"]
+
+
+def index_of(steps: list[dict[str, Any]], run: str = "", uses: str = "") -> int:
+    """Position of the one step whose `run:` starts with `run` or whose action is `uses`."""
+    found = [
+        i
+        for i, step in enumerate(steps)
+        if (run and step.get("run", "").startswith(run))
+        or (uses and step.get("uses", "").startswith(f"{uses}@"))
+    ]
+    assert len(found) == 1, (run or uses, found)
+    return found[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "default"),
+    [("force", "boolean", False), ("canary", "boolean", False),
+     ("prometheus_url", "string", ""), ("rollback_to", "string", "")],
+)  # fmt: skip
+def test_deploy_gate_inputs_have_their_types_and_do_nothing_by_default(
+    name: str, kind: str, default: bool | str
+) -> None:
+    spec = load("deploy")["on"]["workflow_dispatch"]["inputs"][name]
+    assert spec["type"] == kind
+    assert spec["default"] == default
+    assert type(spec["default"]) is type(default)
+    assert spec["description"].strip()
+
+
+def test_the_deploy_step_gets_the_gate_inputs_and_the_registry_through_its_environment() -> None:
+    steps = deploy_job_steps()
+    step = steps[index_of(steps, run="make deploy ")]
+    env = step["env"]
+    for variable, name in [
+        ("FORCE", "force"), ("CANARY", "canary"), ("PROMETHEUS_URL", "prometheus_url"),
+        ("ROLLBACK_TO", "rollback_to"), ("ENVIRONMENT", "environment"),
+        ("DRY_RUN", "dry_run"), ("LOAD_TEST", "load_test"),
+    ]:  # fmt: skip
+        assert env[variable] == f"${{{{ inputs.{name} }}}}", variable
+    # The smoke request of the image's own package, unless the model comes from the registry.
+    assert env["REQUEST"] == (
+        "${{ inputs.rollback_to == '' && 'build/package/sample_request.json' || '' }}"
+    )
+    assert env["MLFLOW_TRACKING_URI"] == "${{ vars.MLFLOW_TRACKING_URI }}"
+    assert env["MLFLOW_TRACKING_USERNAME"] == "${{ secrets.MLFLOW_TRACKING_USERNAME }}"
+    assert env["MLFLOW_TRACKING_PASSWORD"] == "${{ secrets.MLFLOW_TRACKING_PASSWORD }}"
+    # Only this step reaches the tracking server: the pipeline run of a deploy logs nowhere.
+    holders = [other for other in steps if "MLFLOW_" in str(other.get("env", {}))]
+    assert holders == [step]
+    assert "env" not in load("deploy")["jobs"]["deploy"]
+
+
+def workflow_value(expression: str, inputs: dict[str, str]) -> str | None:
+    """What GitHub puts in an env variable for these inputs; None for secrets and variables."""
+    plain = re.fullmatch(r"\$\{\{ inputs\.(\w+) \}\}", expression)
+    choice = re.fullmatch(
+        r"\$\{\{ inputs\.(\w+) == '' && '([^']*)' \|\| '([^']*)' \}\}", expression
+    )
+    if plain:
+        return inputs[plain[1]]
+    if choice:
+        return choice[2] if inputs[choice[1]] == "" else choice[3]
+    if "${{" in expression:
+        assert re.fullmatch(r"\$\{\{ (secrets|vars)\.\w+ \}\}", expression), expression
+        return None
+    return expression
+
+
+@pytest.mark.parametrize(
+    ("inputs", "options"),
+    [
+        (
+            {"dry_run": "false", "load_test": "true", "force": "true", "canary": "false",
+             "prometheus_url": "http://prometheus.monitoring:9090", "rollback_to": "",
+             "environment": "staging"},
+            ["--load-test", "--force", "--prometheus-url", "http://prometheus.monitoring:9090",
+             "--environment", "staging", "--request", "build/package/sample_request.json"],
+        ),
+        (
+            # Text make or the shell would expand arrives as typed.
+            {"dry_run": "true", "load_test": "false", "force": "false", "canary": "true",
+             "prometheus_url": "", "rollback_to": "v$(shell false) `false` $HOME 'x\"",
+             "environment": "production"},
+            ["--dry-run", "--canary", "--environment", "production",
+             "--rollback-to", "v$(shell false) `false` $HOME 'x\""],
+        ),
+    ],
+    ids=["image", "rollback"],
+)  # fmt: skip
+def test_make_deploy_turns_the_deploy_steps_environment_into_mlops_deploy_options(
+    tmp_path: Path, inputs: dict[str, str], options: list[str]
+) -> None:
+    steps = deploy_job_steps()
+    step = steps[index_of(steps, run="make deploy ")]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    args_file = tmp_path / "args"
+    mlops = bin_dir / "mlops"
+    mlops.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" > '{args_file}'\n")
+    mlops.chmod(0o755)
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in step["env"] and not name.startswith(("MAKE", "MFLAGS"))
+    }
+    for name, expression in step["env"].items():
+        value = workflow_value(str(expression), inputs)
+        if value is not None:
+            env[name] = value
+    # The step's own command, with a stand-in for `mlops` and the environment taken as synced.
+    command = [*step["run"].split(), "--silent", "-o", ".venv/.synced", f"BIN={bin_dir}"]
+    done = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    argv = args_file.read_text().splitlines()
+    assert argv == [
+        "deploy", "--manifest", "build/seldon-deployment.yaml", *options,
+        "--kubeconfig-env", "KUBE_CONFIG",
+    ]  # fmt: skip
+
+
+def test_the_build_job_is_skipped_when_rolling_back() -> None:
+    condition = load("deploy")["jobs"]["build"]["if"]
+    assert "||" not in condition
+    assert {part.strip() for part in condition.split("&&")} == {
+        "inputs.image_tag == ''",
+        "!inputs.dry_run",
+        "inputs.rollback_to == ''",
+    }
+
+
+def test_the_package_is_copied_out_of_the_image_before_the_manifest_is_rendered() -> None:
+    job = load("deploy")["jobs"]["deploy"]
+    assert job["permissions"] == {"contents": "read", "packages": "read"}
+    steps = job["steps"]
+    login = index_of(steps, uses="docker/login-action")
+    pull = index_of(steps, run='docker pull "$IMAGE"')
+    extract = index_of(steps, run='scripts/image-package.sh "$IMAGE" build/package')
+    render = index_of(steps, run=".venv/bin/mlops manifest ")
+    deploy = index_of(steps, run="make deploy ")
+    assert login < pull < extract < render < deploy
+    assert steps[login]["with"]["registry"] == "ghcr.io"
+    assert steps[login]["with"]["password"] == "${{ secrets.GITHUB_TOKEN }}"
+    for i in (login, pull, extract):
+        assert steps[i]["if"] == "inputs.rollback_to == ''", steps[i].get("name")
+    for i in (pull, extract, render):
+        assert steps[i]["env"]["IMAGE"] == "${{ steps.image.outputs.tags }}"
+    assert '--package "$PACKAGE"' in steps[render]["run"]
+    assert steps[render]["env"]["PACKAGE"] == (
+        "${{ inputs.rollback_to == '' && 'build/package' || 'models/serving' }}"
+    )
+    artifact = steps[index_of(steps, uses="actions/upload-artifact")]
+    assert "!build/package/" in artifact["with"]["path"].split()
+
+
+def test_the_deploy_runs_the_pipeline_only_for_a_rollback_or_a_load_test() -> None:
+    steps = deploy_job_steps()
+    render = index_of(steps, run=".venv/bin/mlops manifest ")
+    for command in ("make pull", "make run"):
+        i = index_of(steps, run=command)
+        assert i < render
+        assert steps[i]["if"] == "inputs.rollback_to != '' || inputs.load_test"
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mlops_template import monitoring
 from mlops_template.errors import UserError
 from mlops_template.params import DEFAULT_PARAMS
 from mlops_template.serving import contract
@@ -30,6 +31,14 @@ PACKAGE_IMAGE = "localhost/mlops-template-model:latest"
 # Ports the operator gives the model container (it sets PREDICTIVE_UNIT_*_PORT to match).
 HTTP_PORT_NAME = "http"
 TERMINATION_GRACE_SECONDS = 30  # above the entry point's 20 s wait before it SIGKILLs
+# What runs, on the SeldonDeployment itself: `mlops deploy` reads these from the live object to
+# decide whether a new model may replace it (docs/workflows.md, "The deploy gate").
+ANNOTATION_MODEL_SHA256 = "mlops-template/model-sha256"
+ANNOTATION_GIT_COMMIT = "mlops-template/git-commit"
+ANNOTATION_DATA_SHA256 = "mlops-template/evaluation-data-sha256"
+ANNOTATION_METRICS = "mlops-template/metrics"  # every test metric of the model, as JSON
+# The pod label that tells a predictor's series apart in Prometheus (the PodMonitor keeps it).
+PREDICTOR_LABEL = monitoring.PREDICTOR_LABEL
 
 # Kubernetes object names and namespaces: RFC 1123 labels.
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -92,7 +101,7 @@ def render_seldon_deployment(
     target_cpu_utilization: int = 70,
     workers: int = 2,
     threads: int = 1,
-    model_sha256: str | None = None,
+    model: PackageMetadata | None = None,
     git_commit: str | None = None,
 ) -> dict[str, Any]:
     """Build a SeldonDeployment (v1) for the serving image; raise UserError on a bad argument."""
@@ -113,12 +122,11 @@ def render_seldon_deployment(
         check_quantity(value, what)
 
     labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "mlops-template"}
-    annotations = {}
-    if model_sha256:
-        labels["app.kubernetes.io/version"] = model_sha256[:12]
-        annotations["mlops-template/model-sha256"] = model_sha256
+    annotations = model_annotations(model) if model else {}
+    if model:
+        labels["app.kubernetes.io/version"] = model.model_sha256[:12]
     if git_commit:
-        annotations["mlops-template/git-commit"] = git_commit
+        annotations[ANNOTATION_GIT_COMMIT] = git_commit
     container = {
         "name": CONTAINER,
         "image": image,
@@ -171,6 +179,7 @@ def render_seldon_deployment(
                     "labels": dict(labels),  # a copy, or YAML prints an anchor
                     "componentSpecs": [
                         {
+                            "metadata": {"labels": {PREDICTOR_LABEL: PREDICTOR}},
                             "spec": {
                                 "containers": [container],
                                 "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
@@ -200,6 +209,17 @@ def render_seldon_deployment(
     }
 
 
+def model_annotations(model: PackageMetadata) -> dict[str, str]:
+    """The annotations that say which model runs, how it scored, and on which test data."""
+    import json
+
+    return {
+        ANNOTATION_MODEL_SHA256: model.model_sha256,
+        ANNOTATION_DATA_SHA256: model.evaluation_data_sha256,
+        ANNOTATION_METRICS: json.dumps(dict(model.metrics), sort_keys=True),
+    }
+
+
 def to_yaml(manifest: dict[str, Any] | list[dict[str, Any]]) -> str:
     """The manifest (or several objects, as YAML documents), keys in the order written."""
     import yaml
@@ -221,7 +241,7 @@ def package_manifest(metadata: PackageMetadata, image: str = PACKAGE_IMAGE) -> s
 
     No commit in it: the package's bytes must not change from one commit to the next.
     """
-    return to_yaml(render_seldon_deployment(image=image, model_sha256=metadata.model_sha256))
+    return to_yaml(render_seldon_deployment(image=image, model=metadata))
 
 
 def read_package(package_dir: Path) -> PackageMetadata:
@@ -252,7 +272,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--package",
         type=Path,
         default=contract.DEFAULT_DIR,
-        help="serving package whose model sha256 is recorded (default: %(default)s)",
+        help="serving package whose model sha256, test metrics and test-data hash are recorded "
+        "as annotations (default: %(default)s)",
     )
     parser.add_argument(
         "--git-commit",
@@ -295,12 +316,11 @@ def run(args: argparse.Namespace) -> int:
         target_cpu_utilization=args.target_cpu_utilization,
         workers=args.workers,
         threads=args.threads,
-        model_sha256=metadata.model_sha256,
+        model=metadata,
         git_commit=args.git_commit,
     )
     documents = [manifest]
     if args.monitoring:
-        from mlops_template import monitoring
         from mlops_template.params import load_params, monitoring_params
 
         limits = monitoring_params(load_params(args.params))

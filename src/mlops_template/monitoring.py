@@ -37,6 +37,10 @@ WINDOW = "1m"
 # Series are kept apart per model: kube-prometheus-stack adds this label from the pod's
 # `seldon-deployment-id` (the PodMonitor's podTargetLabels); locally it is simply absent.
 BY = "seldon_deployment_id"
+# And per predictor (`default`, or `canary` while `mlops deploy --canary` observes a new model):
+# the pod label the manifest sets, as Prometheus spells it.
+PREDICTOR_LABEL = "mlops-template/predictor"
+PREDICTOR_BY = "mlops_template_predictor"
 # The label kube-prometheus-stack's Prometheus and Grafana select their objects by (defaults).
 RELEASE_LABEL = {"release": "kube-prometheus-stack"}
 GRAFANA_DASHBOARD_LABEL = {"grafana_dashboard": "1"}
@@ -81,6 +85,22 @@ def latency_quantile(quantile: float, window: str) -> str:
         f"histogram_quantile({quantile}, sum by ({BY}, le) "
         f"(rate(model_request_duration_seconds_bucket[{window}])))"
     )
+
+
+def predictor_queries(deployment: str, namespace: str, predictor: str, seconds: int) -> dict:
+    """Instant queries for one predictor over the last `seconds`: requests, 5xx, p99 latency."""
+    selector = f'{BY}="{deployment}", namespace="{namespace}", {PREDICTOR_BY}="{predictor}"'
+    window = f"{seconds}s"
+    return {
+        "requests": f"sum(increase(model_requests_total{{{selector}}}[{window}]))",
+        "server_errors": (
+            f'sum(increase(model_requests_total{{{selector}, code="5xx"}}[{window}]))'
+        ),
+        "p99": (
+            "histogram_quantile(0.99, sum by (le) "
+            f"(rate(model_request_duration_seconds_bucket{{{selector}}}[{window}])))"
+        ),
+    }
 
 
 def class_share_gap(window: str) -> str:
@@ -323,7 +343,7 @@ def kubernetes_objects(
             # Seldon's operator labels the pods of a SeldonDeployment with its name, and names
             # the model container's metrics port `metrics`, served at /prometheus.
             "selector": {"matchLabels": {"seldon-deployment-id": name}},
-            "podTargetLabels": ["seldon-deployment-id"],
+            "podTargetLabels": ["seldon-deployment-id", PREDICTOR_LABEL],
             "podMetricsEndpoints": [{"port": "metrics", "path": "/prometheus", "interval": "15s"}],
         },
     }

@@ -227,3 +227,63 @@ def load_test_params(raw: dict[str, Any]) -> LoadTestParams:
         if numbers[name] <= 0:
             raise UserError(f"params.yaml: load_test.{name} must be above 0")
     return LoadTestParams(users=users, duration_seconds=duration, **numbers)
+
+
+@dataclass(frozen=True)
+class GateParams:
+    """When a new model may replace the live one (`mlops deploy`)."""
+
+    metric: str
+    higher_is_better: bool
+    tolerance: float
+
+
+@dataclass(frozen=True)
+class CanaryParams:
+    """How `mlops deploy --canary` tries a new model on part of the traffic first."""
+
+    traffic_percent: int
+    observe_seconds: int
+    probe_interval_seconds: float
+
+
+@dataclass(frozen=True)
+class DeployParams:
+    """The `deploy` section."""
+
+    gate: GateParams
+    canary: CanaryParams
+
+
+def deploy_params(raw: dict[str, Any]) -> DeployParams:
+    """Validate the `deploy` section (its `gate` and `canary` blocks)."""
+    section = _section(raw, "deploy")
+    gate, canary = (_section(section, name) for name in ("gate", "canary"))
+    metric = _get(gate, "deploy.gate", "metric", str).strip()
+    if not metric:
+        raise UserError("params.yaml: deploy.gate.metric must name a test metric (metrics.json)")
+    tolerance = _get(gate, "deploy.gate", "tolerance", (int, float))
+    if not 0 <= tolerance < math.inf:
+        raise UserError(f"params.yaml: deploy.gate.tolerance must be 0 or more, got {tolerance}")
+    traffic = _get(canary, "deploy.canary", "traffic_percent", int)
+    if not 1 <= traffic <= 99:
+        raise UserError(
+            f"params.yaml: deploy.canary.traffic_percent must be between 1 and 99, got {traffic}"
+        )
+    observe = _get(canary, "deploy.canary", "observe_seconds", int)
+    interval = _get(canary, "deploy.canary", "probe_interval_seconds", (int, float))
+    if observe < 1 or not 0 < interval <= observe:
+        raise UserError(
+            "params.yaml: deploy.canary.observe_seconds must be at least 1 and "
+            "probe_interval_seconds above 0 and at most observe_seconds"
+        )
+    return DeployParams(
+        gate=GateParams(
+            metric=metric,
+            higher_is_better=_get(gate, "deploy.gate", "higher_is_better", bool),
+            tolerance=float(tolerance),
+        ),
+        canary=CanaryParams(
+            traffic_percent=traffic, observe_seconds=observe, probe_interval_seconds=float(interval)
+        ),
+    )

@@ -264,3 +264,109 @@ def run(args: argparse.Namespace) -> int:
     alias = f"; alias '{done.alias}' -> version {done.version}" if done.alias else ""
     print(f"{what}: {done.name} version {done.version} (run {done.run_id}){alias}")
     return 0
+
+
+# --- what `mlops deploy` keeps in step ------------------------------------------------------------
+
+# Set on a version each time it is deployed: what `mlops deploy --rollback-to` redeploys.
+DEPLOYED_IMAGE_TAG = "mlops.deployed.image"
+DEPLOYED_ANNOTATIONS_TAG = "mlops.deployed.annotations"
+PREVIOUS_SUFFIX = "-previous"
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """A registered version as it was last deployed: its image and its manifest annotations."""
+
+    name: str
+    version: str
+    image: str
+    annotations: dict[str, str]
+
+
+def deploy_client(params_path: Path) -> tuple[MlflowClient, str, str] | None:
+    """(client, registered model name, uri) when MLFLOW_TRACKING_URI is set, else None."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return None
+    name = registry_params(load_params(params_path)).model_name
+    tracking.check_reachable(uri)
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=uri), name, uri
+
+
+def record_deploy(
+    params_path: Path,
+    environment: str,
+    model_sha256: str,
+    previous_sha256: str | None,
+    image: str,
+    annotations: dict[str, str],
+) -> str:
+    """Point `environment` (and `environment-previous`) at the deployed versions; say so.
+
+    Tags the deployed version with its image and annotations, so a later `--rollback-to` can
+    deploy it again. A model no version holds is reported, not registered: registering is
+    `mlops register`'s, from the pipeline's own files.
+    """
+    import json
+
+    found = deploy_client(params_path)
+    if found is None:
+        return "registry: not updated (MLFLOW_TRACKING_URI is not set)"
+    client, name, uri = found
+    with one_line(f"MLflow model registry at {uri}"):
+        version = existing_version(client, name, model_sha256)
+        if version is None:
+            return (
+                f"registry: no version of {name} holds model {model_sha256[:12]}; alias "
+                f"'{environment}' left as it was (register it with `make register`)"
+            )
+        moved = ""
+        old = existing_version(client, name, previous_sha256) if previous_sha256 else None
+        if old is not None and old != version:
+            client.set_registered_model_alias(name, environment + PREVIOUS_SUFFIX, old)
+            moved = f", '{environment}{PREVIOUS_SUFFIX}' -> version {old}"
+        client.set_registered_model_alias(name, environment, version)
+        client.set_model_version_tag(name, version, DEPLOYED_IMAGE_TAG, image)
+        client.set_model_version_tag(
+            name, version, DEPLOYED_ANNOTATIONS_TAG, json.dumps(annotations, sort_keys=True)
+        )
+    return f"registry: {name} alias '{environment}' -> version {version}{moved}"
+
+
+def deployed_model(params_path: Path, reference: str) -> Deployed:
+    """The version an alias or number names, with the image it was deployed with."""
+    import json
+
+    found = deploy_client(params_path)
+    if found is None:
+        raise UserError("--rollback-to reads the MLflow registry: set MLFLOW_TRACKING_URI")
+    client, name, uri = found
+    with one_line(f"MLflow model registry at {uri}"):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            if reference.isdigit():
+                found_version = client.get_model_version(name, reference)
+            else:
+                found_version = client.get_model_version_by_alias(name, reference)
+        except MlflowException as error:
+            if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise UserError(
+                    f"--rollback-to {reference}: {name} has no such alias or version"
+                ) from None
+            raise
+    tags = found_version.tags
+    image = tags.get(DEPLOYED_IMAGE_TAG)
+    try:
+        annotations = json.loads(tags.get(DEPLOYED_ANNOTATIONS_TAG) or "")
+    except ValueError:
+        annotations = None
+    if not image or not isinstance(annotations, dict):
+        raise UserError(
+            f"--rollback-to {reference}: version {found_version.version} of {name} was never "
+            "deployed by `mlops deploy`, so its image is not known; deploy its image by tag"
+        )
+    return Deployed(name, str(found_version.version), image, annotations)

@@ -120,6 +120,10 @@ def test_the_manifest_brings_a_pod_monitor_the_rules_and_the_dashboard(tmp_path:
         assert document["metadata"]["namespace"] == "models"
     assert pod_monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert pod_monitor["spec"]["selector"] == {"matchLabels": {"seldon-deployment-id": "penguins"}}
+    # Series per model and per predictor (a canary's pods carry mlops-template/predictor: canary).
+    assert pod_monitor["spec"]["podTargetLabels"] == [
+        "seldon-deployment-id", "mlops-template/predictor",
+    ]  # fmt: skip
     [endpoint] = pod_monitor["spec"]["podMetricsEndpoints"]
     assert (endpoint["port"], endpoint["path"]) == ("metrics", "/prometheus")
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"

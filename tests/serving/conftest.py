@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -189,3 +190,40 @@ def server(
         running.stop()
         if running.process.returncode not in (0, None):
             sys.stderr.write(running.log())
+
+
+@contextlib.contextmanager
+def scraped(
+    serving_package: Path, directory: Path, labels: dict[str, str] | None = None
+) -> Iterator[tuple[Server, str]]:
+    """A fresh server (counters from zero) and a real Prometheus scraping it every second.
+
+    Prometheus runs with the configuration `make monitor` writes, plus `labels` on every series
+    (what a PodMonitor adds in a cluster), in its own process group on 127.0.0.1. Yields the
+    server and Prometheus' base URL; both are stopped afterwards.
+    """
+    import yaml
+
+    from mlops_template import processes, prometheus
+    from mlops_template.params import load_params, monitoring_params
+
+    server = Server(serving_package).start(directory / "server.log")
+    limits = monitoring_params(load_params(REPO / "params.yaml"))
+    config = prometheus.write_configuration(
+        directory / "monitor", server.metrics_port, limits, scrape_seconds=1
+    )
+    if labels:
+        settings = yaml.safe_load(config.read_text())
+        settings["scrape_configs"][0]["static_configs"][0]["labels"] = labels
+        config.write_text(yaml.safe_dump(settings))
+    port = free_port()
+    command = prometheus.command(config, directory / "monitor" / "data", port)
+    process = processes.start(command, directory / "prometheus.log", dict(os.environ))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        server.wait_ready()
+        processes.wait_until_answers("Prometheus", f"{base}/-/ready", process, 60, directory)
+        yield server, base
+    finally:
+        processes.stop(process.pid)
+        server.stop()

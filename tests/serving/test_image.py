@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tarfile
 import urllib.error
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -262,3 +263,55 @@ def test_the_workflow_smoke_test_passes_on_the_image(image: str, serving_package
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "smoke test passed" in done.stdout
+
+
+def image_package(engine: str, image: str, out: Path) -> subprocess.CompletedProcess[str]:
+    """scripts/image-package.sh, as the deploy workflow runs it before rendering the manifest."""
+    return subprocess.run(
+        [str(REPO / "scripts" / "image-package.sh"), image, str(out)],
+        env={**os.environ, "CONTAINER_ENGINE": engine},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def containers_from(engine: str, image: str) -> list[str]:
+    """Ids of the containers (running or not) made from `image`."""
+    listing = output(
+        engine, "ps", "--all", "--quiet", "--no-trunc", "--filter", f"ancestor={image}"
+    )
+    return sorted(listing.split())
+
+
+def test_the_package_copied_out_of_the_image_is_the_one_it_was_built_from(
+    engine: str, image: str, serving_package: Path, tmp_path: Path
+) -> None:
+    """What the deploy workflow renders the annotations and takes the smoke request from."""
+    before = containers_from(engine, image)
+    out = tmp_path / "package"
+    done = image_package(engine, image, out)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for name in ("metadata.json", "model.joblib", "sample_request.json"):
+        assert (out / name).read_bytes() == (serving_package / name).read_bytes(), name
+    assert containers_from(engine, image) == before, "the temporary container was left behind"
+
+
+def test_an_image_without_a_package_is_a_one_line_error_and_leaves_no_container(
+    engine: str, tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty.tar"
+    tarfile.open(empty, "w").close()
+    tag = f"localhost/mlops-template-empty:{os.getpid()}"
+    output(engine, "import", str(empty), tag)
+    try:
+        out = tmp_path / "package"
+        done = image_package(engine, tag, out)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert done.stderr.strip().count("\n") == 0, done.stderr
+        assert f"error: {engine} cannot copy /app out of {tag}: " in done.stderr
+        assert not out.exists()
+        assert containers_from(engine, tag) == []
+    finally:
+        subprocess.run([engine, "rmi", "--force", tag], capture_output=True, check=False)

@@ -9,7 +9,6 @@ counters agree with what Locust sent, and no good request failed.
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.parse
 import urllib.request
@@ -18,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from mlops_template import monitoring, processes, prometheus
+from mlops_template import monitoring
 from mlops_template.params import load_params, monitoring_params
-from tests.serving.conftest import REPO, Server, free_port, load_test
+from tests.serving.conftest import REPO, Server, load_test, scraped
 
 pytestmark = pytest.mark.slow
 
@@ -46,21 +45,8 @@ def scalar(base: str, expr: str) -> float | None:
 @pytest.fixture
 def watched(serving_package: Path, tmp_path: Path) -> Iterator[tuple[Server, str]]:
     """A fresh server (counters from zero) and a Prometheus scraping it every second."""
-    server = Server(serving_package).start(tmp_path / "server.log")
-    config = prometheus.write_configuration(
-        tmp_path / "monitor", server.metrics_port, LIMITS, scrape_seconds=1
-    )
-    port = free_port()
-    command = prometheus.command(config, tmp_path / "monitor" / "data", port)
-    process = processes.start(command, tmp_path / "prometheus.log", dict(os.environ))
-    base = f"http://127.0.0.1:{port}"
-    try:
-        server.wait_ready()
-        processes.wait_until_answers("Prometheus", f"{base}/-/ready", process, 60, tmp_path)
-        yield server, base
-    finally:
-        processes.stop(process.pid)
-        server.stop()
+    with scraped(serving_package, tmp_path) as watched_server:
+        yield watched_server
 
 
 def test_prometheus_sees_the_load_test_on_every_panel(

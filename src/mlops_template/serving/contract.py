@@ -169,6 +169,9 @@ class PackageMetadata:
     training_rows: int
     max_batch_rows: int
     model_sha256: str
+    # sha256 of the test split the metrics were computed on: two models' metrics compare only
+    # when this is the same (the deploy gate checks it).
+    evaluation_data_sha256: str
     reference: Reference
     versions: Mapping[str, str] = field(default_factory=dict)
 
@@ -193,6 +196,12 @@ class PackageMetadata:
         check_max_batch_rows(self.max_batch_rows)
         if not isinstance(self.model_sha256, str) or not SHA256.match(self.model_sha256):
             raise ContractError(f"model_sha256 must be 64 hex digits, got {self.model_sha256!r}")
+        if not isinstance(self.evaluation_data_sha256, str) or not SHA256.match(
+            self.evaluation_data_sha256
+        ):
+            raise ContractError(
+                f"evaluation_data_sha256 must be 64 hex digits, got {self.evaluation_data_sha256!r}"
+            )
         if not isinstance(self.reference, Reference):
             raise ContractError("reference must describe the training rows")
         unknown = (set(self.reference.missing_shares) | set(self.reference.bins)) - set(names)
@@ -230,6 +239,7 @@ class PackageMetadata:
             training_rows=data["training_rows"],
             max_batch_rows=data["max_batch_rows"],
             model_sha256=data["model_sha256"],
+            evaluation_data_sha256=data["evaluation_data_sha256"],
             reference=Reference.from_dict(data["reference"]),
             versions=dict(data.get("versions") or {}),
         )

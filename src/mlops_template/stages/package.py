@@ -122,6 +122,7 @@ def package_metadata(
     max_batch_rows: int,
     estimator: str,
     reference: Reference,
+    evaluation_data_sha256: str,
 ) -> PackageMetadata:
     """The package's metadata record; raises UserError if an input breaks the contract."""
     try:
@@ -134,6 +135,7 @@ def package_metadata(
             training_rows=schema["rows"]["train"],
             max_batch_rows=max_batch_rows,
             model_sha256=sha256(model_path),
+            evaluation_data_sha256=evaluation_data_sha256,
             reference=reference,
             # Python's major.minor only: a patch release changes no pickle, and would change
             # the package's bytes from one machine to the next.
@@ -161,7 +163,13 @@ def build_package(
     check_serving_pins(requirements)
     reference = training_reference(*read_split(processed / "train.csv", schema), schema)
     metadata = package_metadata(
-        model_path, schema, read_json(metrics_path), max_batch_rows, estimator, reference
+        model_path,
+        schema,
+        read_json(metrics_path),
+        max_batch_rows,
+        estimator,
+        reference,
+        evaluation_data_sha256=sha256(processed / "test.csv"),
     )
     with atomic_directory(out_dir) as staging:
         for source in serving_sources():
