@@ -108,6 +108,9 @@ def package_metadata(**fields: Any):
             missing_shares={"length": 0.1, "colour": 0.0},
             bins={"length": contract.Bins((1.0, 2.0), (0.3, 0.3, 0.4))},
         ),
+        "runtime": contract.JOBLIB,
+        "onnx_sha256": None,
+        "missing_level": "missing",
         "versions": dict.fromkeys(contract.VERSIONED_LIBRARIES, "1.0"),
     }
     return contract.PackageMetadata(**{**values, **fields})

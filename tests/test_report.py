@@ -338,6 +338,7 @@ def test_model_card_and_run_link(project):
         metadata["features"]
     )
     assert card["Model size"].endswith("KiB")
+    assert card["Served with"].startswith("ONNX Runtime") == (metadata["runtime"] == "onnx")
     assert "Workflow run: <https://github.com/me/project/actions/runs/7>" in markdown
 
 

@@ -9,6 +9,9 @@ from mlops_template.dataset import CATEGORICAL, NUMERIC, feature_names
 from mlops_template.errors import UserError
 from mlops_template.params import TrainParams
 
+# What the categorical imputer puts in place of a missing value: a level of its own.
+MISSING_LEVEL = "missing"
+
 if TYPE_CHECKING:
     from sklearn.base import ClassifierMixin
     from sklearn.pipeline import Pipeline
@@ -56,7 +59,7 @@ def build_pipeline(schema: dict[str, Any], estimator: ClassifierMixin) -> Pipeli
     # Missing is its own level; levels never seen in training encode as all zeros.
     categorical = Pipeline(
         [
-            ("impute", SimpleImputer(strategy="constant", fill_value="missing")),
+            ("impute", SimpleImputer(strategy="constant", fill_value=MISSING_LEVEL)),
             ("encode", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
         ]
     )

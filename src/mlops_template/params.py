@@ -64,6 +64,11 @@ class PackageParams:
     """Limits written into the serving package."""
 
     max_batch_rows: int
+    runtime: str  # auto, onnx or joblib
+
+
+# `package.runtime`: auto serves ONNX when the parity gate holds, else joblib; the others force one.
+PACKAGE_RUNTIMES = ("auto", "onnx", "joblib")
 
 
 @dataclass(frozen=True)
@@ -151,7 +156,13 @@ def package_params(raw: dict[str, Any]) -> PackageParams:
         max_batch_rows = check_max_batch_rows(section["max_batch_rows"])
     except ContractError as error:
         raise UserError(f"params.yaml: package.{error}") from None
-    return PackageParams(max_batch_rows=max_batch_rows)
+    runtime = _get(section, "package", "runtime", str)
+    if runtime not in PACKAGE_RUNTIMES:
+        raise UserError(
+            f"params.yaml: package.runtime must be one of {', '.join(PACKAGE_RUNTIMES)}, "
+            f"got {runtime!r}"
+        )
+    return PackageParams(max_batch_rows=max_batch_rows, runtime=runtime)
 
 
 def registry_params(raw: dict[str, Any]) -> RegistryParams:

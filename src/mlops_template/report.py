@@ -345,6 +345,12 @@ def human_size(size: int) -> str:
     return f"{value:.1f} GiB"
 
 
+RUNTIME_NAMES = {
+    contract.ONNX: "ONNX Runtime (`model.onnx`, parity with scikit-learn checked at packaging)",
+    contract.JOBLIB: "scikit-learn (`model.joblib`)",
+}
+
+
 def model_card(package: Path) -> tuple[list[tuple[str, str]], list[str]]:
     """Rows for the model card from the serving package's metadata, and notes on problems."""
     from mlops_template.files import sha256
@@ -376,6 +382,7 @@ def model_card(package: Path) -> tuple[list[tuple[str, str]], list[str]]:
         (f"Features ({len(features)})", listed),
         ("Model size", size),
         ("sha256", f"`{metadata.model_sha256}`"),
+        ("Served with", RUNTIME_NAMES.get(metadata.runtime, metadata.runtime)),
     ]
     return rows, notes
 

@@ -178,18 +178,55 @@ def serving_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def joblib_package(serving_package: Path) -> Path:
+    """The same model packaged to be served with joblib (`package.runtime: joblib`)."""
+    from mlops_template.params import load_params, train_params
+    from mlops_template.stages.package import build_package
+
+    root = serving_package.parent
+    package_dir = root / "serving-joblib"
+    build_package(
+        root / "model.joblib",
+        root / "processed",
+        root / "metrics.json",
+        REPO / "requirements" / "serve.lock",
+        package_dir,
+        MAX_BATCH_ROWS,
+        train_params(load_params(REPO / "params.yaml")).estimator_class,
+        runtime="joblib",
+    )
+    return package_dir
+
+
+@contextlib.contextmanager
+def running(package_dir: Path, directory: Path) -> Iterator[Server]:
+    """The real microservice serving `package_dir` until the block ends."""
+    started = Server(package_dir).start(directory / "server.log")
+    try:
+        started.wait_ready()
+        yield started
+    finally:
+        started.stop()
+        if started.process.returncode not in (0, None):
+            sys.stderr.write(started.log())
+
+
+@pytest.fixture(scope="session")
 def server(
     serving_package: Path, serve_python: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     """The real microservice on free loopback ports, shared by the tests of this folder."""
-    running = Server(serving_package).start(tmp_path_factory.mktemp("server") / "server.log")
-    try:
-        running.wait_ready()
-        yield running
-    finally:
-        running.stop()
-        if running.process.returncode not in (0, None):
-            sys.stderr.write(running.log())
+    with running(serving_package, tmp_path_factory.mktemp("server")) as started:
+        yield started
+
+
+@pytest.fixture(scope="session")
+def joblib_server(
+    joblib_package: Path, serve_python: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """The real microservice serving the joblib package of the same model."""
+    with running(joblib_package, tmp_path_factory.mktemp("joblib-server")) as started:
+        yield started
 
 
 @contextlib.contextmanager

@@ -194,6 +194,30 @@ def container(
         running.remove()
 
 
+def run_in_image(engine: str, image: str, *argv: str) -> str:
+    """Run a command in a fresh container of the image (not its entry point); its output."""
+    if engine == "docker":
+        return output("docker", "run", "--rm", "--entrypoint", argv[0], image, *argv[1:])
+    name = output("buildah", "from", "--quiet", image)
+    try:
+        return output("buildah", "run", "--isolation", "chroot", name, "--", *argv)
+    finally:
+        subprocess.run(["buildah", "rm", name], capture_output=True, check=False)
+
+
+def test_the_onnx_image_has_onnxruntime_and_no_scikit_learn(
+    engine: str, image: str, serving_package: Path
+) -> None:
+    """The package's runtime decides what the image installs: no unpickling code, no SciPy."""
+    assert metadata_of(serving_package).runtime == "onnx"
+    found = run_in_image(
+        engine, image, "python3", "-c",
+        "import importlib.util as u; "
+        "print(*[m for m in ('sklearn', 'scipy', 'joblib', 'onnxruntime') if u.find_spec(m)])",
+    )  # fmt: skip
+    assert found == "onnxruntime"
+
+
 def test_image_labels_name_the_model(engine: str, image: str, serving_package: Path) -> None:
     inspect = [engine, "image", "inspect", "--format", "{{json .Config.Labels}}", image]
     if engine == "podman":

@@ -248,13 +248,15 @@ def test_seldon_client_rest_and_grpc(
     )
 
 
+@pytest.mark.parametrize("model_file", ["model.onnx", "model.joblib"])
 def test_tampered_model_refuses_to_start(
-    serving_package: Path, serve_python: Path, tmp_path: Path
+    serving_package: Path, joblib_package: Path, serve_python: Path, tmp_path: Path, model_file: str
 ) -> None:
+    """Whichever file the runtime loads, a byte changed in it stops the server before it serves."""
     tampered = tmp_path / "serving"
-    shutil.copytree(serving_package, tampered)
-    with (tampered / "model.joblib").open("ab") as model_file:
-        model_file.write(b"\0")
+    shutil.copytree(serving_package if model_file == "model.onnx" else joblib_package, tampered)
+    with (tampered / model_file).open("ab") as stream:
+        stream.write(b"\0")
     server = Server(tampered).start(tmp_path / "server.log")
     try:
         code = server.process.wait(timeout=120)
@@ -262,7 +264,7 @@ def test_tampered_model_refuses_to_start(
         server.stop()
     assert code != 0
     log = server.log()
-    assert re.search(r"cannot start: sha256 mismatch for .*model\.joblib", log), log
+    assert re.search(rf"cannot start: sha256 mismatch for .*{re.escape(model_file)}", log), log
     assert "Traceback" not in log
     with pytest.raises(urllib.error.URLError, match="Connection refused"):
         http("GET", f"{server.url}/health/ping")

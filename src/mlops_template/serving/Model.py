@@ -1,6 +1,10 @@
 """Seldon Core v1 wrapper for the packaged scikit-learn model: verify, load, predict.
 
-This file is copied into the package directory next to `model.joblib`, `metadata.json`,
+The metadata's `runtime` says what runs the model: `model.onnx` in ONNX Runtime (no unpickling,
+no scikit-learn in the image) or `model.joblib` in scikit-learn. Requests are checked and answered
+the same way with either.
+
+This file is copied into the package directory next to the model files, `metadata.json`,
 `contract.py` (the package's file names and metadata record) and `messages.py` (request parsing),
 and is loaded by `seldon-core-microservice Model` (Seldon expects one class per file, named like the
 file). It runs in the serving environment (seldon-core 1.17.1, numpy 1, Flask 2), not the training
@@ -19,7 +23,7 @@ from typing import Any
 import messages
 import model_metrics
 import numpy as np
-from contract import MODEL_FILE, ContractError, PackageMetadata
+from contract import MODEL_FILE, ONNX, ONNX_FILE, ContractError, PackageMetadata
 from flask import Blueprint, Response, g, jsonify, request
 from messages import BadRequest
 from seldon_core.flask_utils import SeldonMicroserviceException
@@ -59,29 +63,121 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_verified_model(package_dir: Path, metadata: PackageMetadata) -> Any:
-    """Unpickle the model only if its sha256 and scikit-learn version match the metadata."""
-    import joblib
-    import sklearn
+def check_sha256(path: Path, expected: str, data: bytes | None = None) -> None:
+    """PackageError unless the file (or its bytes, already read) has the packaged sha256."""
+    if not path.is_file():
+        raise PackageError(f"model file {path} does not exist")
+    actual = hashlib.sha256(data).hexdigest() if data is not None else sha256_of(path)
+    if actual != expected:
+        raise PackageError(
+            f"sha256 mismatch for {path}: metadata.json expects {expected}, the file has "
+            f"{actual}; refusing to load a model file that is not the one that was packaged"
+        )
 
-    model_path = package_dir / MODEL_FILE
-    if not model_path.is_file():
-        raise PackageError(f"model file {model_path} does not exist")
-    # Unpickling runs code from the file, so the hash is checked before joblib ever opens it.
-    actual = sha256_of(model_path)
-    if actual != metadata.model_sha256:
-        raise PackageError(
-            f"sha256 mismatch for {model_path}: metadata.json expects {metadata.model_sha256}, "
-            f"the file has {actual}; refusing to load a model file that is not the one that was "
-            "packaged"
-        )
-    trained_with = metadata.versions["scikit-learn"]
-    if trained_with != sklearn.__version__:
-        raise PackageError(
-            f"the model was trained with scikit-learn {trained_with} but this environment has "
-            f"{sklearn.__version__}; install the serving requirements from the package"
-        )
-    return joblib.load(model_path)
+
+class JoblibModel:
+    """`model.joblib` in scikit-learn: the pickled pipeline, unpickled once its hash is checked."""
+
+    def __init__(self, package_dir: Path, metadata: PackageMetadata) -> None:
+        """Unpickle the model only if its sha256 and scikit-learn version match the metadata."""
+        import joblib
+        import sklearn
+
+        model_path = package_dir / MODEL_FILE
+        # Unpickling runs code from the file, so the hash is checked before joblib opens it.
+        check_sha256(model_path, metadata.model_sha256)
+        trained_with = metadata.versions["scikit-learn"]
+        if trained_with != sklearn.__version__:
+            raise PackageError(
+                f"the model was trained with scikit-learn {trained_with} but this environment "
+                f"has {sklearn.__version__}; install the serving requirements from the package"
+            )
+        self.metadata = metadata
+        self.pipeline = joblib.load(model_path)
+        # Preprocessing and estimator apart, so that the preprocessed values can be checked
+        # (messages.check_model_range); together they compute exactly Pipeline.predict_proba.
+        steps = getattr(self.pipeline, "steps", None)
+        self.preprocess = self.pipeline[:-1] if steps and len(steps) > 1 else None
+        self.estimator = self.pipeline[-1] if self.preprocess is not None else self.pipeline
+        try:
+            names = self.preprocess.get_feature_names_out() if self.preprocess else []
+            self.preprocessed_names = [str(name) for name in names]
+        except (AttributeError, ValueError, TypeError):
+            self.preprocessed_names = []
+
+    def probabilities(self, typed: dict[str, np.ndarray]) -> np.ndarray:
+        """`predict_proba` of the pipeline, after checking the preprocessed values."""
+        frame = messages.to_frame(typed, self.metadata)
+        if self.preprocess is None:
+            return self.pipeline.predict_proba(frame)
+        transformed = self.preprocess.transform(frame)
+        messages.check_model_range(transformed, typed, self.preprocessed_names)
+        return self.estimator.predict_proba(transformed)
+
+
+class OnnxModel:
+    """`model.onnx` in ONNX Runtime: the same pipeline as a graph, which cannot run code.
+
+    The graph takes the numeric columns as one float64 matrix (NaN for missing) and the
+    categorical ones as one text matrix (missing as the imputer's level), and returns the
+    probabilities and the scaled numeric values (checked against float32's range, as for joblib).
+    The file is read and its hash checked once; each server process opens its own session on
+    the verified bytes, on one thread (the server runs one process per core).
+    """
+
+    def __init__(self, package_dir: Path, metadata: PackageMetadata) -> None:
+        """Read `model.onnx`, check its sha256 and that onnxruntime accepts it."""
+        path = package_dir / ONNX_FILE
+        self.bytes = path.read_bytes() if path.is_file() else None
+        check_sha256(path, metadata.onnx_sha256 or "", self.bytes)
+        self.metadata = metadata
+        self.numeric = metadata.numeric_names
+        self.categorical = [name for name in metadata.feature_names if name not in self.numeric]
+        self._session: Any = None
+        self._pid = -1
+        self.session()  # a graph onnxruntime refuses stops the server here, not at a request
+
+    def session(self) -> Any:
+        """This process's session (a forked worker opens its own)."""
+        if self._pid != os.getpid():
+            import onnxruntime
+
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = 1
+            options.inter_op_num_threads = 1
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            try:
+                self._session = onnxruntime.InferenceSession(
+                    self.bytes, options, providers=["CPUExecutionProvider"]
+                )
+            except Exception as error:  # onnxruntime's own exception types
+                raise PackageError(f"onnxruntime cannot load {ONNX_FILE}: {error}") from None
+            self._pid = os.getpid()
+        return self._session
+
+    def probabilities(self, typed: dict[str, np.ndarray]) -> np.ndarray:
+        """The graph's probabilities for typed columns, after checking the scaled values."""
+        rows = len(next(iter(typed.values())))
+        feeds = {}
+        if self.numeric:
+            numeric = np.empty((rows, len(self.numeric)), dtype=np.float64)
+            for index, name in enumerate(self.numeric):
+                numeric[:, index] = typed[name]
+            feeds["numeric"] = numeric
+        if self.categorical:
+            text = np.empty((rows, len(self.categorical)), dtype=object)
+            for index, name in enumerate(self.categorical):
+                column = typed[name]
+                for row, value in enumerate(column):
+                    text[row, index] = (
+                        value if isinstance(value, str) else self.metadata.missing_level
+                    )
+            feeds["categorical"] = text
+        if not self.numeric:
+            return self.session().run(["probabilities"], feeds)[0]
+        probabilities, scaled = self.session().run(["probabilities", "scaled"], feeds)
+        messages.check_model_range(scaled, typed, self.numeric)
+        return probabilities
 
 
 class Model:
@@ -91,18 +187,13 @@ class Model:
         """Verify and load the model once, before Seldon forks its workers; exit if unusable."""
         try:
             self.metadata = PackageMetadata.read(PACKAGE_DIR)
-            self.model = load_verified_model(PACKAGE_DIR, self.metadata)
+            runtime = OnnxModel if self.metadata.runtime == ONNX else JoblibModel
+            self.model = runtime(PACKAGE_DIR, self.metadata)
         except (OSError, ValueError, ContractError, PackageError) as error:
             # Raised before any server process starts, so the microservice exits instead of
             # serving without a model; SystemExit keeps the log to one line, not a traceback.
             logger.critical("cannot start: %s", error)
             raise SystemExit(f"cannot start: {error}") from None
-        # Preprocessing and estimator apart, so that the preprocessed values can be checked
-        # (messages.check_model_range); together they compute exactly Pipeline.predict_proba.
-        steps = getattr(self.model, "steps", None)
-        self.preprocess = self.model[:-1] if steps and len(steps) > 1 else None
-        self.estimator = self.model[-1] if self.preprocess is not None else self.model
-        self.preprocessed_names = self._preprocessed_names()
         self.classes = list(self.metadata.classes)
         commit = os.environ.get(GIT_COMMIT_VARIABLE, "")
         self.git_commit = "" if commit == "unknown" else commit
@@ -116,13 +207,6 @@ class Model:
             self.classes,
             self.metadata.max_batch_rows,
         )
-
-    def _preprocessed_names(self) -> list[str]:
-        """The input column behind each preprocessed column, where the preprocessing says."""
-        try:
-            return [str(name) for name in self.preprocess.get_feature_names_out()]
-        except (AttributeError, ValueError, TypeError):
-            return []
 
     # --- HTTP: what happens before Seldon sees a request -----------------------------------------
 
@@ -252,13 +336,8 @@ class Model:
         return probabilities
 
     def probabilities(self, typed: dict[str, np.ndarray]) -> np.ndarray:
-        """`predict_proba` of the pipeline on typed columns, the preprocessed values checked."""
-        frame = messages.to_frame(typed, self.metadata)
-        if self.preprocess is None:
-            return self.model.predict_proba(frame)
-        transformed = self.preprocess.transform(frame)
-        messages.check_model_range(transformed, frame, self.preprocessed_names)
-        return self.estimator.predict_proba(transformed)
+        """Class probabilities for typed columns, from whichever runtime the package uses."""
+        return self.model.probabilities(typed)
 
     def send_feedback_raw(self, feedback: Any) -> prediction_pb2.SeldonMessage:
         """Acknowledge feedback without reading it: this model does not learn from it.
@@ -274,7 +353,7 @@ class Model:
 
     def tags(self) -> dict[str, str]:
         """Added to every response's meta.tags, so each answer names the model that gave it."""
-        tags = {"model_sha256": self.metadata.model_sha256}
+        tags = {"model_sha256": self.metadata.model_sha256, "runtime": self.metadata.runtime}
         if self.git_commit:
             tags["git_commit"] = self.git_commit
         return tags
@@ -306,6 +385,7 @@ class Model:
             "target": metadata.target,
             "model_sha256": metadata.model_sha256,
             "max_batch_rows": str(metadata.max_batch_rows),
+            "runtime": metadata.runtime,
             "scikit_learn": metadata.versions["scikit-learn"],
         }
         if self.git_commit:

@@ -24,6 +24,7 @@ DEFAULT_DIR = Path("models/serving")
 
 # The files of a package.
 MODEL_FILE = "model.joblib"
+ONNX_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
 REQUIREMENTS_FILE = "requirements.txt"
 SAMPLE_REQUEST_FILE = "sample_request.json"
@@ -38,7 +39,10 @@ KINDS = (NUMERIC, CATEGORICAL)
 
 # Library versions recorded at training time (with Python's major.minor); the server refuses to
 # unpickle the model under another scikit-learn.
-VERSIONED_LIBRARIES = ("scikit-learn", "numpy", "pandas", "joblib")
+VERSIONED_LIBRARIES = ("scikit-learn", "numpy", "pandas", "joblib", "onnxruntime")
+# What the server runs the model with: model.onnx in onnxruntime, or model.joblib in scikit-learn.
+ONNX, JOBLIB = "onnx", "joblib"
+RUNTIMES = (ONNX, JOBLIB)
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -173,6 +177,9 @@ class PackageMetadata:
     # when this is the same (the deploy gate checks it).
     evaluation_data_sha256: str
     reference: Reference
+    runtime: str  # ONNX or JOBLIB: which model file the server loads
+    onnx_sha256: str | None  # sha256 of model.onnx, with the ONNX runtime
+    missing_level: str  # the categorical imputer's fill value: what the ONNX graph takes for null
     versions: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -202,6 +209,16 @@ class PackageMetadata:
             raise ContractError(
                 f"evaluation_data_sha256 must be 64 hex digits, got {self.evaluation_data_sha256!r}"
             )
+        if self.runtime not in RUNTIMES:
+            raise ContractError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
+        if self.runtime == ONNX and not (
+            isinstance(self.onnx_sha256, str) and SHA256.match(self.onnx_sha256)
+        ):
+            raise ContractError(f"onnx_sha256 must be 64 hex digits, got {self.onnx_sha256!r}")
+        if self.runtime == JOBLIB and self.onnx_sha256 is not None:
+            raise ContractError("onnx_sha256 is only for the onnx runtime")
+        if not isinstance(self.missing_level, str):
+            raise ContractError(f"missing_level must be text, got {self.missing_level!r}")
         if not isinstance(self.reference, Reference):
             raise ContractError("reference must describe the training rows")
         unknown = (set(self.reference.missing_shares) | set(self.reference.bins)) - set(names)
@@ -241,6 +258,9 @@ class PackageMetadata:
             model_sha256=data["model_sha256"],
             evaluation_data_sha256=data["evaluation_data_sha256"],
             reference=Reference.from_dict(data["reference"]),
+            runtime=data["runtime"],
+            onnx_sha256=data["onnx_sha256"],
+            missing_level=data["missing_level"],
             versions=dict(data.get("versions") or {}),
         )
 

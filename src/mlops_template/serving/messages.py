@@ -367,13 +367,15 @@ def categorical_column(values: list[Any], name: str) -> np.ndarray:
     return column
 
 
-def check_model_range(transformed: Any, frame: pd.DataFrame, input_names: list[str]) -> None:
+def check_model_range(
+    transformed: Any, typed: dict[str, np.ndarray], input_names: list[str]
+) -> None:
     """Reject rows whose preprocessed values no model can compute with.
 
     Tree models compare in float32, so a value that the scaler maps beyond float32's range (a
     finite but huge number such as 1e300) would fail inside scikit-learn, or turn a linear
     model's probabilities into NaN. The check is on the preprocessed matrix because the limit
-    depends on each feature's training scale.
+    depends on each feature's training scale; `input_names` names its columns.
     """
     if not isinstance(transformed, np.ndarray) or transformed.dtype.kind != "f":
         return
@@ -382,10 +384,9 @@ def check_model_range(transformed: Any, frame: pd.DataFrame, input_names: list[s
         return
     row, position = (int(index) for index in np.argwhere(too_large)[0])
     name = input_names[position] if position < len(input_names) else None
-    if name in frame.columns:
-        value = frame[name].iloc[row]
+    if name in typed:
         raise BadRequest(
-            f"feature {name!r} row {row} has {show(value)}, too far outside the training data's "
-            "scale for the model to compute with"
+            f"feature {name!r} row {row} has {show(typed[name][row])}, too far outside the "
+            "training data's scale for the model to compute with"
         )
     raise BadRequest(f"row {row} has a value too far outside the training data's scale")

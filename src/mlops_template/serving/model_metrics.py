@@ -14,6 +14,7 @@ Runs in the serving environment (copied into the package).
 
 from __future__ import annotations
 
+import glob
 import os
 import threading
 from collections.abc import Iterable, Iterator
@@ -197,5 +198,28 @@ class ModelMetrics(SeldonMetrics):
         registry.register(self)
         directory = os.environ.get(MULTIPROCESS_DIRECTORY)
         if directory and os.path.isdir(directory):
-            MultiProcessCollector(registry, path=directory)
+            StartedFilesCollector(registry, path=directory)
         return exposition.generate_latest(registry).decode("utf-8"), exposition.CONTENT_TYPE_LATEST
+
+
+class StartedFilesCollector(MultiProcessCollector):
+    """prometheus_client's multiprocess collector, skipping files a process has only just created.
+
+    A new worker creates its file empty and only then sizes it. prometheus_client 0.8 (what
+    seldon-core 1.17.1 pins) reads such a file as a corrupt one and the scrape fails with HTTP
+    500; the file holds no sample yet, so skipping it loses nothing. A file gone before its size
+    is read is skipped too.
+    """
+
+    HEADER_BYTES = 8  # what a sized file starts with: its used length, then padding
+
+    def collect(self) -> Iterable[Metric]:
+        """The merged samples of every file that has been sized."""
+        files = []
+        for path in glob.glob(os.path.join(self._path, "*.db")):
+            try:
+                if os.path.getsize(path) >= self.HEADER_BYTES:
+                    files.append(path)
+            except OSError:
+                continue
+        return self.merge(files, accumulate=True)

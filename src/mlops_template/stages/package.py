@@ -7,6 +7,7 @@ commit or machine builds them. The commit an image was built from is in the imag
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import platform
 import re
@@ -47,6 +48,93 @@ def check_serving_pins(requirements: str) -> None:
             f"trained with {trained_with}; pin the same version in requirements/serve.in and "
             "recompile the lock"
         )
+
+
+# Packages a runtime needs on its own (with what only they pull in); the image installs the
+# serving lock without the other runtime's.
+RUNTIME_ROOTS = {contract.ONNX: {"onnxruntime"}, contract.JOBLIB: {"scikit-learn", "joblib"}}
+# The parity check's random rows on the data's grid (with the test split and the edge rows).
+PARITY_RANDOM_ROWS = 5000
+PARITY_SEED = 0
+
+
+def runtime_requirements(lock: str, runtime: str) -> str:
+    """The serving lock without the packages only the other runtime needs.
+
+    Reads uv's `# via` annotations: a package stays if `serve.in` asks for it (and it is not the
+    other runtime's) or a package that stays needs it.
+    """
+    blocks: list[tuple[str | None, list[str]]] = [(None, [])]
+    for line in lock.splitlines(keepends=True):
+        match = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==", line)
+        if match:
+            blocks.append((match.group(1).lower(), []))
+        blocks[-1][1].append(line)
+    parents: dict[str, set[str]] = {}
+    for name, lines in blocks[1:]:
+        via = "".join(lines).split("# via", 1)[1] if "# via" in "".join(lines) else ""
+        parents[name] = {
+            word.strip().lower() for word in re.findall(r"(?:^|#)\s*([-\w.]+(?: [\w.]+)?)", via)
+        }
+    dropped = {root for other, roots in RUNTIME_ROOTS.items() if other != runtime for root in roots}
+    kept = {name for name, via in parents.items() if "-r serve.in" in via and name not in dropped}
+    while True:
+        more = {name for name, via in parents.items() if name not in kept and via & kept}
+        if not more:
+            break
+        kept |= more
+    return "".join("".join(lines) for name, lines in blocks if name is None or name in kept)
+
+
+def onnx_model(
+    model_path: Path, processed: Path, schema: dict[str, Any], runtime: str
+) -> tuple[bytes | None, str]:
+    """model.onnx's bytes when the server may run it, else None; and the missing level.
+
+    The parity gate: the graph must give scikit-learn's probabilities (within 1e-6) and classes
+    on the test split, edge rows and random rows on the data's grid. If it does not, or the
+    conversion fails, `auto` falls back to joblib with one warning line; `onnx` stops.
+    """
+    from mlops_template.model import MISSING_LEVEL
+
+    if runtime == contract.JOBLIB:
+        return None, MISSING_LEVEL
+    import joblib
+
+    from mlops_template import onnx_export
+    from mlops_template.dataset import read_split
+
+    pipeline = joblib.load(model_path)
+    try:
+        model = onnx_export.to_onnx(pipeline, schema)
+        train, _ = read_split(processed / "train.csv", schema)
+        test, _ = read_split(processed / "test.csv", schema)
+        rows = onnx_export.parity_rows(train, test, schema, PARITY_RANDOM_ROWS, PARITY_SEED)
+        parity = onnx_export.check_parity(pipeline, model, rows, schema)
+        missing_level = onnx_export.fill_value(pipeline)
+    except onnx_export.ConversionError as error:
+        reason = f"it cannot be converted to ONNX exactly: {error}"
+    except Exception as error:  # onnx's and onnxruntime's own errors: report, do not hide
+        reason = (
+            f"the ONNX conversion failed ({type(error).__name__}: {str(error)[:300]}; "
+            f"{onnx_export.versions()})"
+        )
+    else:
+        if parity.holds:
+            log.info(
+                "ONNX parity holds on %d rows (largest probability difference %.1e)",
+                parity.rows, parity.max_difference,
+            )  # fmt: skip
+            return model, missing_level
+        reason = (
+            f"ONNX answers differ from scikit-learn's on the parity check: largest probability "
+            f"difference {parity.max_difference:.2e} (limit {onnx_export.TOLERANCE:g}), "
+            f"{parity.changed_classes} of {parity.rows} predicted classes differ"
+        )
+    if runtime == contract.ONNX:
+        raise UserError(f"package.runtime is onnx, but {reason}")
+    log.warning("the server will run the model with joblib: %s", reason)
+    return None, MISSING_LEVEL
 
 
 def sample_request(test_csv: Path, schema: dict[str, Any], rows: int = 2) -> dict[str, Any]:
@@ -123,6 +211,8 @@ def package_metadata(
     estimator: str,
     reference: Reference,
     evaluation_data_sha256: str,
+    onnx: bytes | None = None,
+    missing_level: str = "missing",
 ) -> PackageMetadata:
     """The package's metadata record; raises UserError if an input breaks the contract."""
     try:
@@ -137,6 +227,9 @@ def package_metadata(
             model_sha256=sha256(model_path),
             evaluation_data_sha256=evaluation_data_sha256,
             reference=reference,
+            runtime=contract.ONNX if onnx is not None else contract.JOBLIB,
+            onnx_sha256=hashlib.sha256(onnx).hexdigest() if onnx is not None else None,
+            missing_level=missing_level,
             # Python's major.minor only: a patch release changes no pickle, and would change
             # the package's bytes from one machine to the next.
             versions={"python": ".".join(platform.python_version_tuple()[:2])}
@@ -154,6 +247,7 @@ def build_package(
     out_dir: Path,
     max_batch_rows: int,
     estimator: str,
+    runtime: str = "auto",
 ) -> PackageMetadata:
     """Write the serving package atomically and return its metadata."""
     from mlops_template.dataset import read_schema, read_split
@@ -162,6 +256,7 @@ def build_package(
     requirements = requirements_path.read_text(encoding="utf-8")
     check_serving_pins(requirements)
     reference = training_reference(*read_split(processed / "train.csv", schema), schema)
+    onnx, missing_level = onnx_model(model_path, processed, schema, runtime)
     metadata = package_metadata(
         model_path,
         schema,
@@ -170,19 +265,28 @@ def build_package(
         estimator,
         reference,
         evaluation_data_sha256=sha256(processed / "test.csv"),
+        onnx=onnx,
+        missing_level=missing_level,
     )
     with atomic_directory(out_dir) as staging:
         for source in serving_sources():
             shutil.copyfile(source, staging / source.name)
         shutil.copyfile(model_path, staging / contract.MODEL_FILE)
-        (staging / contract.REQUIREMENTS_FILE).write_text(requirements, encoding="utf-8")
+        if onnx is not None:
+            (staging / contract.ONNX_FILE).write_bytes(onnx)
+        (staging / contract.REQUIREMENTS_FILE).write_text(
+            runtime_requirements(requirements, metadata.runtime), encoding="utf-8"
+        )
         write_json(
             staging / contract.SAMPLE_REQUEST_FILE,
             sample_request(processed / "test.csv", schema),
         )
         metadata.write(staging)
         (staging / contract.MANIFEST_FILE).write_text(package_manifest(metadata), encoding="utf-8")
-    log.info("packaged %s (sha256 %s) into %s", estimator, metadata.model_sha256[:12], out_dir)
+    log.info(
+        "packaged %s (sha256 %s, served with %s) into %s",
+        estimator, metadata.model_sha256[:12], metadata.runtime, out_dir,
+    )  # fmt: skip
     return metadata
 
 
@@ -208,7 +312,8 @@ def run(args: argparse.Namespace) -> int:
         args.requirements,
         args.out,
         package_params(raw).max_batch_rows,
-        # The class name from params, not from unpickling the model: loading it costs a second.
+        # The class name from params, not from unpickling the model.
         train_params(raw).estimator_class,
+        package_params(raw).runtime,
     )
     return 0
