@@ -185,7 +185,7 @@ manifest: $(VENV)/.synced ## Render the SeldonDeployment for IMAGE into MANIFEST
 	$(BIN)/mlops manifest --image $(IMAGE) --out $(MANIFEST)
 
 .PHONY: bench-serving
-bench-serving: setup ## Load-test the served model against plain gunicorn+Flask and in-process (needs wrk)
+bench-serving: setup ## Load-test the ONNX package vs the joblib one, plain gunicorn+Flask, in-process (needs wrk)
 	$(BIN)/python benchmarks/serving.py
 
 .PHONY: bench-metrics

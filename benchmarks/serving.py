@@ -1,25 +1,35 @@
-"""Serving benchmark: the packaged Seldon microservice against a plain gunicorn + Flask app.
+"""Serving benchmark: the ONNX package against the joblib package, a plain app and in-process ONNX.
 
-Run with `make bench-serving` (or `.venv/bin/python benchmarks/serving.py`) after `make run`.
-Needs `wrk` (Debian/Ubuntu: `apt-get install wrk`). Everything stays on 127.0.0.1, and every load
-run is bounded in time (--seconds) and in requests (--max-requests per wrk thread).
+Run with `make bench-serving` (or `.venv/bin/python benchmarks/serving.py`) after `make run`; add
+`--images` to also build both images and compare their sizes (minutes more). Needs `wrk`
+(Debian/Ubuntu: `apt-get install wrk`). Everything stays on 127.0.0.1, every server runs in a
+process group of its own and is stopped by it, and every load run is bounded in time (--seconds)
+and in requests (--max-requests per wrk thread).
 
-(a) the package served by its entry point with the image's default workers and threads;
-(b) a minimal gunicorn + Flask app that loads the same model file and calls predict_proba on
-    `pandas.DataFrame(rows, columns=names)` with the same workers and threads: what the seed
-    tutorials write by hand, with no validation;
-(c) the in-process predict_proba cost, the floor.
-Rounds of (a) and (b) are interleaved, so load from elsewhere on the machine falls on both alike;
-the ratios are what to compare across machines.
+(a) the package (`model.onnx` in ONNX Runtime) served by its entry point with the image's default
+    workers and threads;
+(b) the same model packaged with the joblib runtime (`build_package(runtime="joblib")`), served
+    the same way;
+(c) a minimal gunicorn + Flask app with the same workers and threads that runs the same
+    `model.onnx` in an onnxruntime session, its two input matrices built from the JSON rows with
+    no validation: what people write by hand;
+(d) in process: an onnxruntime session on one thread, fed the matrices the server builds (their
+    building included), the floor.
+Rounds of (a), (b) and (c) are interleaved, so load from elsewhere on the machine falls on all
+alike; the ratios are what to compare across machines. Below its Seldon/plain target, or with
+--profile, the per-request time of (a) and (c) is profiled in process (serving_profile.py). The
+figures are printed as a section for docs/benchmarks.md, targets checked (serving_report.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import platform
+import shlex
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,79 +40,150 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import serving_profile
+from serving_report import (
+    JOBLIB_SERVER,
+    ONNX_SERVER,
+    PLAIN_SERVER,
+    SELDON_OVER_PLAIN,
+    TARGET_CONNECTIONS,
+    Image,
+    Measurements,
+    paired_median,
+    render,
+)
+
+from mlops_template import processes
 from mlops_template.serving import contract
+
+log = logging.getLogger("bench-serving")
 
 REPO = Path(__file__).resolve().parents[1]
 SERVE_PYTHON = REPO / ".venv-serve" / "bin" / "python"
 START_TIMEOUT_SECONDS = 120.0
+# The entry point waits up to 20 s (SHUTDOWN_GRACE_SECONDS) for its microservice to stop.
+STOP_SECONDS = 30.0
+BUILD_TIMEOUT_SECONDS = 1200  # one image build; a first build includes the debootstrap base
+BATCH_REQUESTS = 20
+FLOOR_CALLS = 100  # in-process single-row predictions timed before each round
+# The same graph on the same matrices: (a) and (c) must answer alike. (b) is scikit-learn, held
+# to the package stage's parity tolerance.
+SAME_GRAPH_TOLERANCE = 1e-9
+PARITY_TOLERANCE = 1e-6
 
-# The plain app: what people write when they skip a serving framework.
-PLAIN_APP = textwrap.dedent(
+# What both (c) and (d) do with the JSON rows: the graph's two inputs, numeric features as float64
+# (JSON null becomes NaN) and categorical ones as text (null becomes the imputer's level), with
+# one onnxruntime thread per process as in the server.
+ONNX_FEEDS = textwrap.dedent(
     """
-    import os, sys
-    import joblib, pandas as pd
-    from flask import Flask, jsonify, request
+    import numpy as np, onnxruntime
+    from contract import ONNX_FILE, PackageMetadata
 
-    app = Flask(__name__)
-    package = os.environ["PACKAGE_DIR"]
-    sys.path.insert(0, package)
-    from contract import MODEL_FILE, PackageMetadata
-    model = joblib.load(os.path.join(package, MODEL_FILE))
-    names = PackageMetadata.read(package).feature_names
+    def onnx_session(package):
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return onnxruntime.InferenceSession(
+            package + "/" + ONNX_FILE, options, providers=["CPUExecutionProvider"]
+        )
 
-    @app.route("/api/v1.0/predictions", methods=["POST"])
-    def predict():
-        rows = request.get_json()["data"]["ndarray"]
-        probabilities = model.predict_proba(pd.DataFrame(rows, columns=names))
-        return jsonify({"data": {"names": list(model.classes_), "ndarray": probabilities.tolist()}})
+    metadata = PackageMetadata.read(package)
+    names = metadata.feature_names
+    numeric = [names.index(name) for name in metadata.numeric_names]
+    categorical = [index for index in range(len(names)) if index not in numeric]
+    missing = metadata.missing_level
 
-    @app.route("/health/ping")
-    def ping():
-        return "pong"
+    def feeds(rows):
+        inputs = {}
+        if numeric:
+            inputs["numeric"] = np.array(
+                [[row[i] for i in numeric] for row in rows], dtype=np.float64
+            )
+        if categorical:
+            inputs["categorical"] = np.array(
+                [[row[i] if isinstance(row[i], str) else missing for i in categorical]
+                 for row in rows],
+                dtype=object,
+            )
+        return inputs
     """
 )
 
-# In-process floor in the serving environment (the libraries the servers use): build the typed
-# frame and call predict_proba. It stays running and answers "one N" / "batch N" on stdin with N
-# timings in ms, so floor measurements can be interleaved with the load runs.
-FLOOR_SCRIPT = textwrap.dedent(
-    """
-    import json, sys, time
-    import joblib, numpy as np, pandas as pd
-    package = sys.argv[1]
-    sys.path.insert(0, package)
-    from contract import MODEL_FILE, PackageMetadata
-    metadata = PackageMetadata.read(package)
-    names = metadata.feature_names
-    numeric = set(metadata.numeric_names)
-    model = joblib.load(package + "/" + MODEL_FILE)
-    rows = json.loads(sys.stdin.readline())
+# The plain app: what people write when they skip a serving framework.
+PLAIN_APP = (
+    textwrap.dedent(
+        """
+        import os, sys
+        from flask import Flask, jsonify, request
 
-    def frame(batch):
-        columns = dict(zip(names, zip(*batch)))
-        return pd.DataFrame({
-            name: np.array(columns[name], dtype=float if name in numeric else object)
-            for name in names
-        }, columns=names)
+        package = os.environ["PACKAGE_DIR"]
+        sys.path.insert(0, package)
+        """
+    )
+    + ONNX_FEEDS
+    + textwrap.dedent(
+        """
+        session = onnx_session(package)  # in each gunicorn worker, after the fork
+        classes = list(metadata.classes)
+        app = Flask(__name__)
 
-    def timings(batch, count):
-        times = []
-        for _ in range(count):
-            started = time.perf_counter()
-            model.predict_proba(frame(batch))
-            times.append((time.perf_counter() - started) * 1000)
-        return times
+        @app.route("/api/v1.0/predictions", methods=["POST"])
+        def predict():
+            rows = request.get_json()["data"]["ndarray"]
+            probabilities = session.run(["probabilities"], feeds(rows))[0]
+            return jsonify({"data": {"names": classes, "ndarray": probabilities.tolist()}})
 
-    timings(rows[:1], 20)  # warm up
-    for line in sys.stdin:
-        kind, count = line.split()
-        print(json.dumps(timings(rows[:1] if kind == "one" else rows, int(count))), flush=True)
-    """
+        @app.route("/health/ping")
+        def ping():
+            return "pong"
+        """
+    )
+)
+
+# (d) in the serving environment (the libraries the servers use). It stays running and answers
+# "one N" / "batch N" on stdin with N timings in ms, feeds included and session.run alone, so
+# floor measurements can be interleaved with the load runs.
+FLOOR_SCRIPT = (
+    textwrap.dedent(
+        """
+        import json, sys, time
+        package = sys.argv[1]
+        sys.path.insert(0, package)
+        """
+    )
+    + ONNX_FEEDS
+    + textwrap.dedent(
+        """
+        session = onnx_session(package)
+        rows = json.loads(sys.stdin.readline())
+
+        def timings(batch, count):
+            total, run = [], []
+            for _ in range(count):
+                started = time.perf_counter()
+                inputs = feeds(batch)
+                built = time.perf_counter()
+                session.run(["probabilities"], inputs)
+                done = time.perf_counter()
+                total.append((done - started) * 1000)
+                run.append((done - built) * 1000)
+            return {"total": total, "run": run}
+
+        timings(rows[:1], 50)  # warm up
+        timings(rows, 2)
+        for line in sys.stdin:
+            kind, count = line.split()
+            print(json.dumps(timings(rows[:1] if kind == "one" else rows, int(count))), flush=True)
+        """
+    )
 )
 
 
 class Floor:
-    """The in-process floor, as a subprocess that times predict_proba on request."""
+    """(d), as a subprocess that times in-process predictions on request."""
 
     def __init__(self, package: Path, rows: list[list[Any]]) -> None:
         self.process = subprocess.Popen(
@@ -111,13 +192,21 @@ class Floor:
         )  # fmt: skip
         self.process.stdin.write(json.dumps(rows) + "\n")
         self.one: list[float] = []
+        self.one_run: list[float] = []
         self.batch: list[float] = []
+        self.batch_run: list[float] = []
 
-    def measure(self, kind: str, count: int) -> None:
-        """Time `count` predictions of one row or of the whole batch."""
+    def measure(self, kind: str, count: int) -> float:
+        """Time `count` predictions of one row or of the whole batch; return their median."""
         self.process.stdin.write(f"{kind} {count}\n")
         self.process.stdin.flush()
-        getattr(self, kind).extend(json.loads(self.process.stdout.readline()))
+        line = self.process.stdout.readline()
+        if not line:
+            raise SystemExit(f"the in-process timing ended with code {self.process.wait()}")
+        times = json.loads(line)
+        getattr(self, kind).extend(times["total"])
+        getattr(self, f"{kind}_run").extend(times["run"])
+        return statistics.median(times["total"])
 
     def close(self) -> None:
         """End the subprocess."""
@@ -148,25 +237,26 @@ end
 """
 
 
-def free_port() -> int:
-    """A loopback TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def tail(path: Path, lines: int = 20) -> str:
+    """The last lines of a log, for an error message."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
 
 
 def wait_ready(url: str, process: subprocess.Popen, started: float) -> float:
     """Seconds from `started` until `url` answers 200; fail if the process dies first."""
     while time.monotonic() - started < START_TIMEOUT_SECONDS:
         if process.poll() is not None:
-            raise SystemExit(f"server exited with code {process.returncode} before it was ready")
+            raise RuntimeError(f"server exited with code {process.returncode} before it was ready")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
                     return time.monotonic() - started
         except OSError:
             time.sleep(0.02)
-    raise SystemExit(f"{url} not ready after {START_TIMEOUT_SECONDS} s")
+    raise RuntimeError(f"{url} not ready after {START_TIMEOUT_SECONDS} s")
 
 
 def post(url: str, body: bytes) -> dict[str, Any]:
@@ -177,59 +267,61 @@ def post(url: str, body: bytes) -> dict[str, Any]:
 
 
 class Server:
-    """One server process on free loopback ports, stopped with SIGTERM."""
+    """One server on free loopback ports, in a process group of its own, stopped by it."""
 
     def __init__(self, name: str, command: list[str], env: dict[str, str], port: int) -> None:
         self.name, self.command, self.env, self.port = name, command, env, port
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"http://{processes.HOST}:{port}"
         self.process: subprocess.Popen | None = None
         self.ready_seconds = 0.0
 
-    def start(self, log: Path) -> Server:
-        """Start the process and wait for the first good prediction-ready ping."""
+    @property
+    def predictions(self) -> str:
+        """The prediction endpoint's URL."""
+        return f"{self.url}/api/v1.0/predictions"
+
+    def start(self, log_path: Path) -> Server:
+        """Start the process group and wait for the first good ping."""
         started = time.monotonic()
-        with log.open("ab") as stream:
-            self.process = subprocess.Popen(
-                self.command, env=self.env, stdout=stream, stderr=subprocess.STDOUT
-            )
-        self.ready_seconds = wait_ready(f"{self.url}/health/ping", self.process, started)
+        self.process = processes.start(self.command, log_path, self.env)
+        try:
+            self.ready_seconds = wait_ready(f"{self.url}/health/ping", self.process, started)
+        except RuntimeError as error:
+            self.stop()
+            raise SystemExit(f"{self.name}: {error}; its log ends:\n{tail(log_path)}") from None
         return self
 
     def stop(self) -> None:
-        """SIGTERM and wait; SIGKILL after 30 s."""
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        """SIGTERM the process group; SIGKILL what is left after STOP_SECONDS."""
+        if self.process is not None:
+            processes.stop(self.process.pid, STOP_SECONDS)
+            self.process = None
 
 
-def seldon_server(package: Path, workers: int, threads: int) -> Server:
-    """(a): the package's entry point, as the image runs it."""
-    port = free_port()
+def seldon_server(package: Path, workers: int, threads: int, name: str = "seldon") -> Server:
+    """(a) or (b): the package's entry point, as the image runs it."""
+    port = processes.free_port()
     command = [
-        str(SERVE_PYTHON), str(package / "serve.py"), f"--http-port={port}",
-        f"--grpc-port={free_port()}", f"--metrics-port={free_port()}",
+        str(SERVE_PYTHON), str(package / contract.ENTRY_POINT_FILE), f"--http-port={port}",
+        f"--grpc-port={processes.free_port()}", f"--metrics-port={processes.free_port()}",
     ]  # fmt: skip
     env = {**os.environ, "GUNICORN_WORKERS": str(workers), "GUNICORN_THREADS": str(threads)}
-    return Server("seldon", command, env, port)
+    return Server(name, command, env, port)
 
 
 def plain_server(package: Path, app_dir: Path, workers: int, threads: int) -> Server:
-    """(b): gunicorn + Flask with the same model file, workers and threads."""
-    port = free_port()
+    """(c): gunicorn + Flask with the same model.onnx, workers and threads."""
+    port = processes.free_port()
     command = [
-        str(SERVE_PYTHON), "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
+        str(SERVE_PYTHON), "-m", "gunicorn", "--bind", f"{processes.HOST}:{port}",
         "--workers", str(workers), "--threads", str(threads), "--chdir", str(app_dir),
         "--log-level", "warning", "plain_app:app",
     ]  # fmt: skip
-    return Server("plain", command, {**os.environ, "PACKAGE_DIR": str(package)}, port)
+    return Server(PLAIN_SERVER, command, {**os.environ, "PACKAGE_DIR": str(package)}, port)
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """User + system CPU seconds of a process and all its descendants (Linux /proc)."""
+def tree_cpu_seconds(root: int) -> dict[int, float]:
+    """User + system CPU seconds of a process and each of its descendants (Linux /proc)."""
     parents, cpu = {}, {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -244,33 +336,37 @@ def tree_cpu_seconds(root: int) -> float:
         children = {pid for pid, parent in parents.items() if parent in tree} - tree
         tree |= children
         grew = bool(children)
-    return sum(cpu.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
+    ticks = os.sysconf("SC_CLK_TCK")
+    return {pid: cpu[pid] / ticks for pid in tree if pid in cpu}
 
 
 def run_wrk(
     server: Server, body: Path, connections: int, seconds: int, max_requests: int, script: Path
 ) -> dict[str, float]:
     """One wrk run against the prediction endpoint: requests/s, p50 and p99 in ms, and the
-    server's CPU per request (all its processes) in ms."""
+    server's CPU per request in ms, in all its processes and in each (busiest first)."""
     threads = min(connections, 2)
     command = [
         "wrk", f"--threads={threads}", f"--connections={connections}",
-        f"--duration={seconds}s", "--timeout=10s", f"--script={script}",
-        f"{server.url}/api/v1.0/predictions",
+        f"--duration={seconds}s", "--timeout=10s", f"--script={script}", server.predictions,
     ]  # fmt: skip
     env = {**os.environ, "BENCH_BODY": str(body), "BENCH_MAX_REQUESTS": str(max_requests)}
     cpu_before = tree_cpu_seconds(server.process.pid)
     done = subprocess.run(
         command, env=env, capture_output=True, text=True, timeout=seconds + 60, check=True
     )
-    cpu_seconds = tree_cpu_seconds(server.process.pid) - cpu_before
+    cpu_after = tree_cpu_seconds(server.process.pid)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     if result["bad"]:
         raise SystemExit(
             f"{server.name}: {result['bad']} failed requests at {connections} connections"
         )
     result["rps"] = result["requests"] / result["seconds"]
-    result["cpu_ms"] = cpu_seconds * 1000 / max(result["requests"], 1)
+    per_request = 1000 / max(result["requests"], 1)
+    processes_cpu = [seconds - cpu_before.get(pid, 0.0) for pid, seconds in cpu_after.items()]
+    result["process_cpu_ms"] = sorted((seconds * per_request for seconds in processes_cpu),
+                                      reverse=True)  # fmt: skip
+    result["cpu_ms"] = sum(result["process_cpu_ms"])
     return result
 
 
@@ -285,8 +381,11 @@ def sample_rows(package: Path, count: int) -> list[list[Any]]:
     """`count` rows of the raw data (missing values included), in the package's feature order."""
     import pandas as pd
 
+    from mlops_template.params import DEFAULT_PARAMS, data_params, load_params
+
     names = contract.PackageMetadata.read(package).feature_names
-    frame = pd.read_csv(REPO / "data" / "raw" / "penguins.csv")[names]
+    csv = REPO / data_params(load_params(REPO / DEFAULT_PARAMS)).csv
+    frame = pd.read_csv(csv)[names]
     frame = frame.sample(n=count, replace=count > len(frame), random_state=0)
     return [
         [None if pd.isna(v) else v for v in row]
@@ -294,84 +393,350 @@ def sample_rows(package: Path, count: int) -> list[list[Any]]:
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark and print a Markdown report."""
-    from mlops_template.stages.package import serving_sources
+def package_stage_arguments() -> argparse.Namespace:
+    """The package stage's inputs, read from its command in dvc.yaml (paths from the repo root)."""
+    import yaml
 
+    from mlops_template.stages import package as package_stage
+
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]["package"]
+    words = shlex.split(stage["cmd"])
+    parser = argparse.ArgumentParser(prog="mlops package")
+    package_stage.add_arguments(parser)
+    arguments = parser.parse_args(words[words.index("package") + 1 :])
+    for name in ("model", "processed", "metrics", "requirements", "out", "params"):
+        setattr(arguments, name, REPO / getattr(arguments, name))
+    return arguments
+
+
+def joblib_package(onnx_package: Path, out_dir: Path) -> Path:
+    """The same model packaged with the joblib runtime, from the package stage's inputs."""
+    from mlops_template.files import sha256
+    from mlops_template.stages.package import build_package
+
+    stage = package_stage_arguments()
+    metadata = contract.PackageMetadata.read(onnx_package)
+    if sha256(stage.model) != metadata.model_sha256:
+        raise SystemExit(
+            f"error: {stage.model} is not the model packaged in {onnx_package}: run `make run`"
+        )
+    build_package(
+        stage.model, stage.processed, stage.metrics, stage.requirements, out_dir,
+        metadata.max_batch_rows, metadata.estimator, runtime=contract.JOBLIB,
+    )  # fmt: skip
+    return out_dir
+
+
+def largest_difference(first: dict[str, Any], second: dict[str, Any]) -> float:
+    """Largest absolute difference between two answers' probabilities."""
+    import numpy as np
+
+    return float(
+        np.max(np.abs(np.array(first["data"]["ndarray"]) - np.array(second["data"]["ndarray"])))
+    )
+
+
+def container_engine() -> str:
+    """The engine scripts/build-image.sh picks (docker with a running engine, else podman)."""
+    script = REPO / "scripts" / "container-engine.sh"
+    done = subprocess.run(
+        ["bash", "-c", 'source "$1" && container_engine', "engine", str(script)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr.strip() or "no container engine")
+    return done.stdout.strip()
+
+
+def build_images(packages: dict[str, Path], work: Path) -> dict[str, Image]:
+    """Build the image of each package with scripts/build-image.sh, measure it, remove it."""
+    try:
+        engine = container_engine()
+    except RuntimeError as error:
+        return {name: Image(error=str(error)) for name in packages}
+    return {name: build_image(engine, name, package, work) for name, package in packages.items()}
+
+
+def build_image(engine: str, name: str, package: Path, work: Path) -> Image:
+    """One image from a build context laid out as the repository's: Dockerfile, .dockerignore
+    and the package as models/serving."""
+    context = work / f"context-{name}"
+    shutil.copytree(
+        package, context / contract.DEFAULT_DIR, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    for file in ("Dockerfile", ".dockerignore"):
+        shutil.copy2(REPO / file, context / file)
+    tag = f"localhost/mlops-template-bench-serving:{name}"
+    command = [str(REPO / "scripts" / "build-image.sh"), tag, str(context)]
+    build_log = work / f"image-{name}.log"
+    log.info("building the %s image with %s", name, engine)
+    started = time.monotonic()
+    build = processes.start(command, build_log, {**os.environ, "CONTAINER_ENGINE": engine})
+    try:
+        code = build.wait(timeout=BUILD_TIMEOUT_SECONDS)
+        if code != 0:
+            raise subprocess.CalledProcessError(code, command)
+        image = Image(build_seconds=time.monotonic() - started)
+        inspect = subprocess.run(
+            [engine, "image", "inspect", "--format", "{{.Size}}", tag],
+            capture_output=True, text=True, timeout=120, check=True,
+        )  # fmt: skip
+        image.size_bytes = int(inspect.stdout.strip())
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, ValueError) as error:
+        log.error("the %s image failed: %s; its build log ends:\n%s", name, error, tail(build_log))
+        image = Image(build_seconds=time.monotonic() - started, error=type(error).__name__)
+    finally:
+        processes.stop(build.pid)  # only if still running (a timeout, an interruption)
+        subprocess.run([engine, "rmi", "--force", tag], capture_output=True, check=False)
+    return image
+
+
+def machine_description() -> str:
+    """CPUs, memory, OS and Python of this machine, in one line."""
+    cpu_model = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu_model = line.split(":", 1)[1].strip()
+            break
+    memory = ""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            memory = f", {int(line.split()[1]) / 2**20:.0f} GiB"
+    system = platform.system()
+    with open("/etc/os-release", encoding="utf-8") as release:
+        for line in release:
+            if line.startswith("PRETTY_NAME="):
+                system = line.split("=", 1)[1].strip().strip('"')
+    python = ".".join(platform.python_version_tuple()[:2])
+    cpus = f"{os.cpu_count()} vCPUs" + (f" ({cpu_model})" if cpu_model else "")
+    return f"{cpus}{memory}, {system}, Python {python}"
+
+
+def commit_description() -> str:
+    """The short commit, marked when the working tree has changes."""
+    from mlops_template.files import git_commit
+
+    commit = git_commit(REPO)
+    if commit == "unknown":
+        return commit
+    changes = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=REPO, capture_output=True, text=True, check=False,
+    ).stdout.strip()  # fmt: skip
+    return commit[:7] + (" (with uncommitted changes)" if changes else "")
+
+
+def serving_versions() -> dict[str, str]:
+    """Versions of the serving environment's libraries that the figures depend on."""
+    names = ["seldon-core", "onnxruntime", "scikit-learn", "gunicorn", "flask"]
+    done = subprocess.run(
+        [str(SERVE_PYTHON), "-c",
+         "import json, sys, importlib.metadata as m; "
+         "print(json.dumps({n: m.version(n) for n in sys.argv[1:]}))", *names],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return json.loads(done.stdout)
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--package", type=Path, default=REPO / contract.DEFAULT_DIR)
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--seconds", type=int, default=6, help="per wrk run")
-    parser.add_argument("--rounds", type=int, default=4, help="paired a/b runs per level")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved runs per level")
     parser.add_argument("--max-requests", type=int, default=50_000, help="per wrk thread and run")
     parser.add_argument("--workers", type=int, help="default: the image's GUNICORN_WORKERS")
     parser.add_argument("--threads", type=int, help="default: the image's GUNICORN_THREADS")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="profile (a) and (c) in process even when the Seldon/plain target is met",
+    )  # fmt: skip
+    parser.add_argument("--profile-requests", type=int, default=2000, help="per app profiled")
+    parser.add_argument(
+        "--images", action="store_true",
+        help="also build both images with scripts/build-image.sh and report their sizes",
+    )  # fmt: skip
+    return parser.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print a Markdown section for docs/benchmarks.md."""
+    args = parse_arguments(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    begun = time.monotonic()
     source = args.package.resolve()
     if not (source / contract.METADATA_FILE).is_file():
         raise SystemExit(f"error: {source} has no {contract.METADATA_FILE}: run `make run` first")
+    metadata = contract.PackageMetadata.read(source)
+    if metadata.runtime != contract.ONNX:
+        raise SystemExit(
+            f"error: {source} serves with {metadata.runtime}, not onnx: this benchmark compares "
+            "the ONNX package with the joblib one (package.runtime in params.yaml)"
+        )
     if shutil.which("wrk") is None:
         raise SystemExit("error: wrk not found: install it (Debian/Ubuntu: apt-get install wrk)")
     defaults = _entry_point_defaults(REPO / "src" / "mlops_template" / "serving")
-    workers = args.workers or int(defaults["GUNICORN_WORKERS"])
-    threads = args.threads or int(defaults["GUNICORN_THREADS"])
+    args.workers = args.workers or int(defaults["GUNICORN_WORKERS"])
+    args.threads = args.threads or int(defaults["GUNICORN_THREADS"])
 
-    rows = sample_rows(source, 1000)
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as scratch:
-        work = Path(scratch)
+        bench = Bench(Path(scratch), args)
+        bench.prepare(source, sample_rows(source, 1000))
+        measured = bench.measure()
+        measurements = Measurements(
+            command=command_line(argv), workers=args.workers, threads=args.threads,
+            connections=args.connections, rounds=args.rounds, seconds=args.seconds,
+            max_requests=args.max_requests, estimator=metadata.estimator,
+            n_features=len(metadata.features), versions=serving_versions(),
+            machine=machine_description(), commit=commit_description(), **measured,
+        )  # fmt: skip
+        ratio = paired_median(measurements.runs, ONNX_SERVER, PLAIN_SERVER, TARGET_CONNECTIONS)
+        if args.profile or ratio < SELDON_OVER_PLAIN:
+            measurements.profile = bench.profile()
+            measurements.profile_requests = args.profile_requests
+        if args.images:
+            measurements.images = build_images(bench.packages, bench.work)
+    measurements.elapsed_seconds = time.monotonic() - begun
+    print(render(measurements))
+    return 0
+
+
+class Bench:
+    """The packages, request bodies and servers of one run, in a scratch directory."""
+
+    def __init__(self, work: Path, args: argparse.Namespace) -> None:
+        self.work, self.args = work, args
+        self.packages = {ONNX_SERVER: work / "package-onnx", JOBLIB_SERVER: work / "package-joblib"}
+        self.one_row, self.batch = work / "one_row.json", work / "batch.json"
+        self.wrk_script, self.log = work / "bench.lua", work / "servers.log"
+        self.rows: list[list[Any]] = []
+
+    def prepare(self, source: Path, rows: list[list[Any]]) -> None:
+        """Both packages, the plain app, wrk's script and the request bodies."""
+        from mlops_template.stages.package import serving_sources
+
         # The package's model, with the serving code of this working tree (what a rerun of the
         # package stage would ship), so the figures are those of the code being changed.
-        package = work / "package"
-        shutil.copytree(source, package)
+        shutil.copytree(source, self.packages[ONNX_SERVER])
         for path in serving_sources():
-            shutil.copy2(path, package / path.name)
-        (work / "plain_app.py").write_text(PLAIN_APP)
-        (work / "bench.lua").write_text(WRK_SCRIPT)
-        one_row = work / "one_row.json"
-        one_row.write_text(json.dumps({"data": {"ndarray": rows[:1]}}))
-        batch_body = json.dumps({"data": {"ndarray": rows}}).encode()
+            shutil.copy2(path, self.packages[ONNX_SERVER] / path.name)
+        log.info("packaging the same model with the joblib runtime")
+        joblib_package(source, self.packages[JOBLIB_SERVER])
+        (self.work / "plain_app.py").write_text(PLAIN_APP)
+        self.wrk_script.write_text(WRK_SCRIPT)
+        self.one_row.write_text(json.dumps({"data": {"ndarray": rows[:1]}}))
+        self.batch.write_text(json.dumps({"data": {"ndarray": rows}}))
+        self.rows = rows
 
-        floor = Floor(package, rows)
-        log = work / "servers.log"
-        ready = []
-        for _ in range(3):  # time to ready, from a cold process start, three times
-            server = seldon_server(package, workers, threads).start(log)
-            started = time.monotonic()
-            post(f"{server.url}/api/v1.0/predictions", one_row.read_bytes())
-            ready.append(server.ready_seconds + (time.monotonic() - started))
-            server.stop()
-        servers = {
-            "seldon": seldon_server(package, workers, threads).start(log),
-            "plain": plain_server(package, work, workers, threads).start(log),
-        }
+    def server(self, name: str) -> Server:
+        """A new server of one kind, not started."""
+        workers, threads = self.args.workers, self.args.threads
+        if name == PLAIN_SERVER:
+            return plain_server(self.packages[ONNX_SERVER], self.work, workers, threads)
+        return seldon_server(self.packages[name], workers, threads, name)
+
+    def measure_ready(self) -> dict[str, list[float]]:
+        """Seconds from a cold process start to the first answered prediction, three times."""
+        log.info("start to first answer, three times for (a) and (b)")
+        ready: dict[str, list[float]] = {ONNX_SERVER: [], JOBLIB_SERVER: []}
+        for _ in range(3):
+            for name, times in ready.items():
+                server = self.server(name).start(self.log)
+                try:
+                    started = time.monotonic()
+                    post(server.predictions, self.one_row.read_bytes())
+                    times.append(server.ready_seconds + (time.monotonic() - started))
+                finally:
+                    server.stop()
+        return ready
+
+    def measure(self) -> dict[str, Any]:
+        """Everything measured with the servers running, as Measurements fields."""
+        ready = self.measure_ready()
+        floor = Floor(self.packages[ONNX_SERVER], self.rows)
+        servers: dict[str, Server] = {}
         try:
-            for server in servers.values():  # both answer, and answer alike
-                post(f"{server.url}/api/v1.0/predictions", one_row.read_bytes())
-            results: dict[tuple[str, int], list[dict[str, float]]] = {}
-            for connections in args.connections:
-                for index in range(args.rounds):
-                    # The floor and both servers back to back; which server goes first
-                    # alternates, so a drift in machine speed favours neither.
-                    floor.measure("one", 100)
-                    order = list(servers.items())
-                    for name, server in order if index % 2 == 0 else order[::-1]:
-                        run = run_wrk(server, one_row, connections, args.seconds,
-                                      args.max_requests, work / "bench.lua")  # fmt: skip
-                        run["floor_ms"] = statistics.median(floor.one[-100:])
-                        results.setdefault((name, connections), []).append(run)
-            batch: dict[str, list[float]] = {name: [] for name in servers}
-            for _ in range(20):  # 1,000-row request: in process, (a), (b) in turn
-                floor.measure("batch", 1)
-                for name, server in servers.items():
-                    batch[name].append(request_ms(f"{server.url}/api/v1.0/predictions", batch_body))
+            for name in (ONNX_SERVER, JOBLIB_SERVER, PLAIN_SERVER):
+                servers[name] = self.server(name).start(self.log)
+            differences = answer_differences(servers, self.batch.read_bytes())
+            runs = measure_load(servers, floor, self.one_row, self.wrk_script, self.args)
+            batch = measure_batch(servers, floor, self.batch.read_bytes())
         finally:
             for server in servers.values():
                 server.stop()
             floor.close()
+        return {
+            "runs": runs, "batch": batch, "ready": ready, "differences": differences,
+            "floor_one": floor.one, "floor_one_run": floor.one_run,
+            "floor_batch": floor.batch, "floor_batch_run": floor.batch_run,
+        }  # fmt: skip
 
-    print(report(results, floor, batch, ready, workers, threads, args))
-    return 0
+    def profile(self) -> dict[str, dict[str, Any]]:
+        """(a)'s and (c)'s per-request time, in process and under cProfile."""
+        requests = self.args.profile_requests
+        log.info("profiling (a) and (c) in process, %d requests each", requests)
+        package = self.packages[ONNX_SERVER]
+        return {
+            kind: serving_profile.profile(
+                SERVE_PYTHON, kind, package, self.work, self.one_row, requests
+            )
+            for kind in (serving_profile.SELDON, serving_profile.PLAIN)
+        }
+
+
+def answer_differences(servers: dict[str, Server], body: bytes) -> dict[str, float]:
+    """Largest probability differences between the servers' answers to the same rows; fail
+    when (a) and (c) differ (the same graph and matrices) or (a) and (b) beyond parity."""
+    answers = {name: post(server.predictions, body) for name, server in servers.items()}
+    differences = {
+        "a-b": largest_difference(answers[ONNX_SERVER], answers[JOBLIB_SERVER]),
+        "a-c": largest_difference(answers[ONNX_SERVER], answers[PLAIN_SERVER]),
+    }
+    if differences["a-c"] > SAME_GRAPH_TOLERANCE or differences["a-b"] > PARITY_TOLERANCE:
+        raise SystemExit(f"error: the servers answer differently: {differences}")
+    return differences
+
+
+def measure_load(
+    servers: dict[str, Server], floor: Floor, body: Path, script: Path, args: argparse.Namespace
+) -> dict[tuple[str, int], list[dict[str, float]]]:
+    """Single-row wrk runs, each round the floor then every server back to back; the order of
+    the servers rotates from round to round, so a drift in machine speed favours none."""
+    runs: dict[tuple[str, int], list[dict[str, float]]] = {}
+    names = list(servers)
+    for connections in args.connections:
+        for index in range(args.rounds):
+            log.info("%d connections, round %d of %d", connections, index + 1, args.rounds)
+            floor_ms = floor.measure("one", FLOOR_CALLS)
+            shift = index % len(names)
+            for name in names[shift:] + names[:shift]:
+                run = run_wrk(servers[name], body, connections, args.seconds,
+                              args.max_requests, script)  # fmt: skip
+                run["floor_ms"] = floor_ms
+                runs.setdefault((name, connections), []).append(run)
+    return runs
+
+
+def measure_batch(servers: dict[str, Server], floor: Floor, body: bytes) -> dict[str, list[float]]:
+    """The 1,000-row request, in process and by each server in turn, BATCH_REQUESTS times."""
+    log.info("1,000-row requests, %d times each", BATCH_REQUESTS)
+    batch: dict[str, list[float]] = {name: [] for name in servers}
+    names = list(servers)
+    for index in range(BATCH_REQUESTS):
+        floor.measure("batch", 1)
+        shift = index % len(names)
+        for name in names[shift:] + names[:shift]:
+            batch[name].append(request_ms(servers[name].predictions, body))
+    return batch
+
+
+def command_line(argv: list[str] | None) -> str:
+    """The command that reproduces this run (and what it stands for, after `  # `)."""
+    arguments = sys.argv[1:] if argv is None else argv
+    if not arguments:
+        return "make bench-serving  # = .venv/bin/python benchmarks/serving.py"
+    return f".venv/bin/python benchmarks/serving.py {shlex.join(arguments)}"
 
 
 def _entry_point_defaults(folder: Path) -> dict[str, str]:
@@ -382,97 +747,6 @@ def _entry_point_defaults(folder: Path) -> dict[str, str]:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.DEFAULTS
-
-
-def report(
-    results: dict[tuple[str, int], list[dict[str, float]]],
-    floor: Floor,
-    batch: dict[str, list[float]],
-    ready: list[float],
-    workers: int,
-    threads: int,
-    args: argparse.Namespace,
-) -> str:
-    """The Markdown tables for docs/benchmarks.md, targets checked."""
-
-    def median_of(name: str, connections: int, key: str) -> float:
-        return statistics.median(run[key] for run in results[(name, connections)])
-
-    def paired_ratios(connections: int) -> list[float]:
-        # Each round ran (a) and (b) back to back: compare within rounds (then take the median),
-        # so load from elsewhere on the machine mostly cancels out.
-        rounds = zip(results[("seldon", connections)], results[("plain", connections)], strict=True)
-        return [a["rps"] / b["rps"] for a, b in rounds]
-
-    lines = [
-        f"{workers} gunicorn workers x {threads} threads for both servers; single-row requests; "
-        f"{args.rounds} rounds of {args.seconds} s per level and server, (a) and (b) back to "
-        "back in each round; medians over the rounds.",
-        "",
-        "| connections | (a) Seldon req/s | p50 ms | p99 ms | (b) plain req/s | p50 ms | p99 ms "
-        "| a/b req/s, paired | all rounds |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
-    ratios = []
-    for connections in args.connections:
-        a = {key: median_of("seldon", connections, key) for key in ("rps", "p50_ms", "p99_ms")}
-        b = {key: median_of("plain", connections, key) for key in ("rps", "p50_ms", "p99_ms")}
-        each = paired_ratios(connections)
-        ratios.append(statistics.median(each))
-        rounds = ", ".join(f"{ratio:.2f}" for ratio in each)
-        lines.append(
-            f"| {connections} | {a['rps']:.0f} | {a['p50_ms']:.2f} | {a['p99_ms']:.2f} "
-            f"| {b['rps']:.0f} | {b['p50_ms']:.2f} | {b['p99_ms']:.2f} | {ratios[-1]:.2f} "
-            f"| {rounds} |"
-        )
-    floor_one, floor_batch = statistics.median(floor.one), statistics.median(floor.batch)
-    served_batch = {name: statistics.median(times) for name, times in batch.items()}
-    if 1 in args.connections:
-        # Served p50 at one connection minus the in-process cost measured just before it.
-        overhead = statistics.median(
-            run["p50_ms"] - run["floor_ms"] for run in results[("seldon", 1)]
-        )
-        plain_overhead = statistics.median(
-            run["p50_ms"] - run["floor_ms"] for run in results[("plain", 1)]
-        )
-    else:
-        overhead = plain_overhead = float("nan")
-    ready_median = statistics.median(ready)
-    batch_ratio = served_batch["seldon"] / floor_batch
-    # CPU per request is what bounds throughput once the cores are busy, and unlike requests/s
-    # it hardly moves with load from elsewhere: the steadier comparison of the two servers.
-    cpu = {
-        name: statistics.median(
-            run["cpu_ms"] for level in args.connections for run in results[(name, level)]
-        )
-        for name in ("seldon", "plain")
-    }
-    cpu_ratio = cpu["plain"] / cpu["seldon"]
-
-    def verdict(ok: bool) -> str:
-        return "met" if ok else "**missed**"
-
-    lines += [
-        "",
-        "| measure | value | target | |",
-        "| --- | ---: | --- | --- |",
-        f"| (c) in-process predict_proba, 1 row | {floor_one:.2f} ms | floor | |",
-        f"| served p50 at 1 connection minus (c), (a) | {overhead:.2f} ms | <= 2 ms "
-        f"| {verdict(overhead <= 2)} |",
-        f"| served p50 at 1 connection minus (c), (b) | {plain_overhead:.2f} ms | | |",
-        f"| a/b throughput, paired, lowest level | {min(ratios):.2f} | >= 0.9 "
-        f"| {verdict(min(ratios) >= 0.9)} |",
-        f"| server CPU per single-row request, (a), all levels | {cpu['seldon']:.2f} ms | | |",
-        f"| server CPU per single-row request, (b), all levels | {cpu['plain']:.2f} ms | | |",
-        f"| CPU ratio b/a (throughput ratio when saturated) | {cpu_ratio:.2f} | | |",
-        f"| 1,000-row request: in process | {floor_batch:.1f} ms | | |",
-        f"| 1,000-row request: (a) served, median of 20 | {served_batch['seldon']:.1f} ms "
-        f"({batch_ratio:.2f}x) | <= 2x in process | {verdict(batch_ratio <= 2)} |",
-        f"| 1,000-row request: (b) plain, median of 20 | {served_batch['plain']:.1f} ms | | |",
-        f"| start to first answer, (a), median of 3 | {ready_median:.2f} s "
-        f"({', '.join(f'{r:.2f}' for r in ready)}) | <= 5 s | {verdict(ready_median <= 5)} |",
-    ]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

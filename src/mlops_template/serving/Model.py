@@ -165,14 +165,8 @@ class OnnxModel:
                 numeric[:, index] = typed[name]
             feeds["numeric"] = numeric
         if self.categorical:
-            text = np.empty((rows, len(self.categorical)), dtype=object)
-            for index, name in enumerate(self.categorical):
-                column = typed[name]
-                for row, value in enumerate(column):
-                    text[row, index] = (
-                        value if isinstance(value, str) else self.metadata.missing_level
-                    )
-            feeds["categorical"] = text
+            missing = self.metadata.missing_level
+            feeds["categorical"] = messages.text_matrix(typed, self.categorical, missing)
         if not self.numeric:
             return self.session().run(["probabilities"], feeds)[0]
         probabilities, scaled = self.session().run(["probabilities", "scaled"], feeds)
