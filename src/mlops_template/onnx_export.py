@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -74,7 +76,6 @@ class Parity:
 
 def versions() -> str:
     """The libraries this converter depends on, for messages when something breaks."""
-    import onnx
     import onnxruntime
     import sklearn
 
@@ -100,23 +101,17 @@ class Graph:
         return f"{stem}_{self._count}"
 
     def constant(self, value: np.ndarray, stem: str = "const") -> str:
-        from onnx import numpy_helper
-
         name = self.name(stem)
         self.initializers.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
     def op(self, op_type: str, inputs: list[str], domain: str = "", **attributes: Any) -> str:
-        from onnx import helper
-
         output = self.name(op_type.lower())
         self.nodes.append(helper.make_node(op_type, inputs, [output], domain=domain, **attributes))
         return output
 
     def output(self, source: str, name: str) -> None:
         """Expose `source` as the graph output `name`."""
-        from onnx import helper
-
         self.nodes.append(helper.make_node("Identity", [source], [name]))
 
 
@@ -215,14 +210,8 @@ def _preprocess(graph: Graph, numeric: Any, categorical: Any) -> tuple[list[str]
             )
             levels_row = graph.constant(np.array(list(levels), dtype=object).reshape(1, -1))
             equal = graph.op("Equal", [column, levels_row])
-            blocks.append(graph.op("Cast", [equal], to=_onnx().TensorProto.DOUBLE))
+            blocks.append(graph.op("Cast", [equal], to=TensorProto.DOUBLE))
     return blocks, scaled
-
-
-def _onnx() -> Any:
-    import onnx
-
-    return onnx
 
 
 def _classes_output(graph: Graph, raw: str, n_classes: int) -> str:
@@ -282,8 +271,6 @@ def _tree_ensemble(graph: Graph, source: str, trees: list[tuple[Any, int]], n_ta
     ensemble node whose branch leads to the same leaf both ways does not compute that leaf's value
     in onnxruntime 1.26).
     """
-    from onnx import numpy_helper
-
     splits, features, modes, true_ids, true_leafs, false_ids, false_leafs, missing = (
         [], [], [], [], [], [], [], []
     )  # fmt: skip
@@ -338,10 +325,9 @@ def _reference(ref: tuple[int, bool], bases: tuple[int, int]) -> tuple[int, int]
 
 def _sklearn_trees(graph: Graph, features: str, estimators: list[Any], n_classes: int) -> str:
     """Mean of the trees' class fractions (a forest, or one tree), compared as scikit-learn does."""
-    onnx = _onnx()
     # scikit-learn's trees compare float32 values with float64 thresholds.
-    single = graph.op("Cast", [features], to=onnx.TensorProto.FLOAT)
-    rounded = graph.op("Cast", [single], to=onnx.TensorProto.DOUBLE)
+    single = graph.op("Cast", [features], to=TensorProto.FLOAT)
+    rounded = graph.op("Cast", [single], to=TensorProto.DOUBLE)
     trees = []
     for estimator in estimators:
         tree = estimator.tree_
@@ -426,9 +412,6 @@ def _boosting(graph: Graph, features: str, estimator: Any, n_classes: int) -> st
 
 def to_onnx(pipeline: Pipeline, schema: dict[str, Any]) -> bytes:
     """The ONNX model of a fitted template pipeline; ConversionError if it cannot be exact."""
-    import onnx
-    from onnx import TensorProto, helper
-
     from mlops_template.dataset import CATEGORICAL, NUMERIC, feature_names
 
     preprocess, estimator = _named_steps(pipeline)
