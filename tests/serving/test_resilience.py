@@ -285,6 +285,9 @@ def test_lost_process_ends_the_entry_point(
         assert code == EXIT_PROCESS_LOST, server.log()
         assert re.search(rf"process {lost.pid} of the microservice exited", server.log())
     if role == "metrics store":
-        assert (500, 500) in {(ready, predicted) for _, ready, predicted in prober.seen}
+        # Predictions and readiness do not use the store (a response without custom metrics is
+        # not written to it): they are answered until the entry point ends.
+        assert {predicted for _, _, predicted in prober.seen} <= {200, None}, prober.seen
+        assert {ready for _, ready, _ in prober.seen} <= {200, None}, prober.seen
     _, alive = psutil.wait_procs(everything, timeout=5)
     assert not alive, f"left running after the entry point exited: {alive}"
