@@ -200,7 +200,7 @@ def ndarray_rows(rows: Any) -> list[list[Any]]:
         raise BadRequest(f"data.ndarray must be a list of rows, got {type_name(rows)}")
     if not rows:
         raise BadRequest("the request has no rows; send at least one row of feature values")
-    if not all(isinstance(row, list) for row in rows):
+    if set(map(type, rows)) != {list}:
         if not any(isinstance(row, list) for row in rows):
             raise BadRequest(
                 "expected a list of rows (2-D), got 1-D data; "
@@ -208,7 +208,7 @@ def ndarray_rows(rows: Any) -> list[list[Any]]:
             )
         index = next(i for i, row in enumerate(rows) if not isinstance(row, list))
         raise BadRequest(f"data.ndarray row {index} is {type_name(rows[index])}, not a list")
-    widths = {len(row) for row in rows}
+    widths = set(map(len, rows))
     if len(widths) > 1:
         raise BadRequest(
             f"data.ndarray rows have different numbers of values: {sorted(widths)}; "
@@ -270,7 +270,8 @@ def rows_by_name(rows: list[list[Any]], names: list[str], metadata: PackageMetad
             f"order: {metadata.feature_names}; got {width}"
         )
     position = {name: index for index, name in enumerate(names or metadata.feature_names)}
-    return {name: [row[position[name]] for row in rows] for name in metadata.feature_names}
+    columns = list(zip(*rows, strict=True))  # the callers checked that every row has `width`
+    return {name: list(columns[position[name]]) for name in metadata.feature_names}
 
 
 def check_names(names: list[Any], metadata: PackageMetadata, where: str) -> None:
@@ -340,6 +341,8 @@ def to_frame(typed: dict[str, np.ndarray], metadata: PackageMetadata) -> pd.Data
     return pd.DataFrame(typed, copy=False)
 
 
+# What a categorical column usually holds.
+PLAIN_TEXT_TYPES = frozenset({str, type(None)})
 # What a numeric column usually holds: converted by numpy as they are, no value looked at in Python.
 PLAIN_NUMBER_TYPES = frozenset({int, float, type(None)})
 
@@ -376,6 +379,13 @@ def numeric_column(values: list[Any], name: str) -> np.ndarray:
 
 def categorical_column(values: list[Any], name: str) -> np.ndarray:
     """Text as it is, numbers and booleans as their text, null (or NaN) as missing."""
+    kinds = set(map(type, values))
+    if kinds <= PLAIN_TEXT_TYPES:  # the usual column: no value needs a look of its own
+        column = np.empty(len(values), dtype=object)
+        column[:] = values
+        if type(None) in kinds:
+            column[np.equal(column, None)] = np.nan
+        return column
     column = np.empty(len(values), dtype=object)
     for row, value in enumerate(values):
         if isinstance(value, str):

@@ -145,12 +145,10 @@ class Recorder:
         else:
             self._predicted_many(columns, probabilities)
         for name, known, missing, unseen in self.categorical:
-            absent = new = 0
-            for value in columns[name]:
-                if not isinstance(value, str):
-                    absent += 1
-                elif value not in known:
-                    new += 1
+            values = columns[name]
+            texts = [value for value in values if value.__class__ is str]
+            absent = len(values) - len(texts)
+            new = len(texts) - sum(map(known.__contains__, texts))
             if absent:
                 missing.inc(absent)
             if new:
