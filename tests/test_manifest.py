@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mlops_template.deploy import read_target
+from mlops_template.deploy import read_manifest, target_of
 from mlops_template.errors import UserError
 from mlops_template.manifest import package_manifest, render_seldon_deployment, to_yaml
 
@@ -81,7 +81,7 @@ def test_yaml_round_trips_and_the_deploy_command_can_read_it(tmp_path: Path) -> 
     assert yaml.safe_load(text) == manifest
     path = tmp_path / "seldon.yaml"
     path.write_text(text)
-    target = read_target(path)
+    target = target_of(read_manifest(path).seldon_deployment, str(path))
     assert (target.name, target.namespace, target.predictor) == ("iris", "ml", "default")
 
 

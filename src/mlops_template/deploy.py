@@ -175,12 +175,6 @@ def target_of(document: dict[str, Any], where: str) -> Target:
     return Target(name=name, namespace=namespace, predictor=predictor)
 
 
-def read_target(manifest: Path) -> Target:
-    """Read name, namespace and first predictor from a one-SeldonDeployment manifest."""
-    parsed = read_manifest(manifest)
-    return target_of(parsed.seldon_deployment, f"manifest {manifest}")
-
-
 def request_rows(request: Path) -> int:
     """Number of rows in a Seldon v1 `{"data": {"ndarray": [...]}}` request file."""
     try:

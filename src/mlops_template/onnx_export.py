@@ -30,7 +30,6 @@ tests/test_onnx_export.py fail naming the library versions when an upgrade chang
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -41,8 +40,6 @@ from onnx import TensorProto, helper, numpy_helper
 if TYPE_CHECKING:
     import pandas as pd
     from sklearn.pipeline import Pipeline
-
-logger = logging.getLogger(__name__)
 
 OPSET = 21
 ML_OPSET = 5  # TreeEnsemble with float64 thresholds and weights

@@ -163,20 +163,25 @@ def logged_model_uri(client: MlflowClient, experiment_id: str, run_id: str) -> t
     return f"models:/{models[0].model_id}", models[0].model_id
 
 
-def existing_version(client: MlflowClient, name: str, model_sha256: str) -> str | None:
-    """The version of `name` that already holds the model with this sha256, if any."""
+def versions_by_sha256(client: MlflowClient, name: str) -> dict[str, str]:
+    """model sha256 -> the version of `name` that holds it (the first, if several do)."""
     from mlflow.exceptions import MlflowException
 
     try:
         versions = client.search_model_versions(f"name = '{name}'")
     except MlflowException as error:
         if error.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
+            return {}
         raise
+    found: dict[str, str] = {}
     for version in versions:
-        if version.tags.get(tracking.MODEL_SHA256_TAG) == model_sha256:
-            return version.version
-    return None
+        found.setdefault(version.tags.get(tracking.MODEL_SHA256_TAG, ""), version.version)
+    return found
+
+
+def existing_version(client: MlflowClient, name: str, model_sha256: str) -> str | None:
+    """The version of `name` that already holds the model with this sha256, if any."""
+    return versions_by_sha256(client, name).get(model_sha256)
 
 
 def register(
@@ -317,14 +322,15 @@ def record_deploy(
         return "registry: not updated (MLFLOW_TRACKING_URI is not set)"
     client, name, uri = found
     with one_line(f"MLflow model registry at {uri}"):
-        version = existing_version(client, name, model_sha256)
+        versions = versions_by_sha256(client, name)
+        version = versions.get(model_sha256)
         if version is None:
             return (
                 f"registry: no version of {name} holds model {model_sha256[:12]}; alias "
                 f"'{environment}' left as it was (register it with `make register`)"
             )
         moved = ""
-        old = existing_version(client, name, previous_sha256) if previous_sha256 else None
+        old = versions.get(previous_sha256) if previous_sha256 else None
         if old is not None and old != version:
             client.set_registered_model_alias(name, environment + PREVIOUS_SUFFIX, old)
             moved = f", '{environment}{PREVIOUS_SUFFIX}' -> version {old}"

@@ -213,9 +213,7 @@ class FastPredictions:
         arrived = time.perf_counter()
         body = environ["wsgi.input"].read(int(length))
         try:
-            message = messages.loads(body)
-            if message is None:
-                raise BadRequest("the request body is JSON null; send a Seldon message object")
+            message = messages.check_not_null(messages.loads(body))
             status, answer = 200, self.model.predict_raw(message)
         except SeldonMicroserviceException as error:
             status, answer = error.status_code, error.to_dict()
@@ -328,10 +326,7 @@ class Model:
                 raise BadRequest(
                     f"Content-Type must be application/json, got {content_type or 'none'!r}"
                 )
-            body = request.get_json()
-            if body is None:
-                raise BadRequest("the request body is JSON null; send a Seldon message object")
-            check_feedback(body)
+            check_feedback(messages.check_not_null(request.get_json()))
 
         def check_feedback(body: Any) -> None:
             if request.endpoint == FEEDBACK_ENDPOINT and not isinstance(body, dict):
@@ -389,13 +384,9 @@ class Model:
     def answer(self, columns: messages.Columns) -> np.ndarray:
         """The probabilities for a request's checked columns, its rows and inputs recorded."""
         typed = messages.typed_columns(columns, self.metadata)
-        probabilities = self.probabilities(typed)
+        probabilities = self.model.probabilities(typed)
         self.recorder.predicted(typed, probabilities)
         return probabilities
-
-    def probabilities(self, typed: dict[str, np.ndarray]) -> np.ndarray:
-        """Class probabilities for typed columns, from whichever runtime the package uses."""
-        return self.model.probabilities(typed)
 
     def send_feedback_raw(self, feedback: Any) -> prediction_pb2.SeldonMessage:
         """Acknowledge feedback without reading it: this model does not learn from it.
@@ -419,7 +410,7 @@ class Model:
     def health_status(self) -> dict[str, Any]:
         """Predict one all-missing row, so a broken model or library fails the readiness probe."""
         probe = messages.Columns({name: [None] for name in self.metadata.feature_names}, 1)
-        probabilities = self.probabilities(messages.typed_columns(probe, self.metadata))
+        probabilities = self.model.probabilities(messages.typed_columns(probe, self.metadata))
         return {
             "status": "ok",
             "model_sha256": self.metadata.model_sha256,

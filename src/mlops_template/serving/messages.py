@@ -107,6 +107,13 @@ def loads(body: str | bytes) -> Any:
         raise BadRequest(f"the request body is not valid JSON: {error}") from None
 
 
+def check_not_null(message: Any) -> Any:
+    """The decoded body, unless it is JSON null (which Seldon would fail on with HTTP 500)."""
+    if message is None:
+        raise BadRequest("the request body is JSON null; send a Seldon message object")
+    return message
+
+
 class StrictJSONProvider(DefaultJSONProvider):
     """Flask's JSON provider, decoding request bodies with `loads` above."""
 
@@ -379,14 +386,13 @@ def numeric_column(values: list[Any], name: str) -> np.ndarray:
 
 def categorical_column(values: list[Any], name: str) -> np.ndarray:
     """Text as it is, numbers and booleans as their text, null (or NaN) as missing."""
+    column = np.empty(len(values), dtype=object)
     kinds = set(map(type, values))
     if kinds <= PLAIN_TEXT_TYPES:  # the usual column: no value needs a look of its own
-        column = np.empty(len(values), dtype=object)
         column[:] = values
         if type(None) in kinds:
             column[np.equal(column, None)] = np.nan
         return column
-    column = np.empty(len(values), dtype=object)
     for row, value in enumerate(values):
         if isinstance(value, str):
             column[row] = value

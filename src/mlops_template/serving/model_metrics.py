@@ -33,6 +33,13 @@ from serve import MULTIPROCESS_DIRECTORY
 ENABLED = "MODEL_METRICS"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 ROWS_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+# Up to this many rows, a request's bins are counted row by row in Python.
+SMALL_BATCH_ROWS = 8
+# Help text for Seldon's feedback counters, which Seldon leaves without any.
+SELDON_HELP = {
+    "seldon_api_model_feedback_reward": "Sum of the rewards sent as feedback",
+    "seldon_api_model_feedback": "Feedback requests received",
+}
 
 REQUESTS = Counter(
     "model_requests_total", "Prediction requests answered, by status class.", ["code"]
@@ -182,15 +189,6 @@ class Recorder:
 def _nonzero(counts: np.ndarray) -> Iterator[tuple[int, int]]:
     for index in np.flatnonzero(counts):
         yield int(index), int(counts[index])
-
-
-# Up to this many rows, a request's bins are counted row by row in Python.
-SMALL_BATCH_ROWS = 8
-
-SELDON_HELP = {
-    "seldon_api_model_feedback_reward": "Sum of the rewards sent as feedback",
-    "seldon_api_model_feedback": "Feedback requests received",
-}
 
 
 class ModelMetrics(SeldonMetrics):

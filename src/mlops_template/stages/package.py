@@ -87,7 +87,11 @@ def runtime_requirements(lock: str, runtime: str) -> str:
 
 
 def onnx_model(
-    model_path: Path, processed: Path, schema: dict[str, Any], runtime: str
+    model_path: Path,
+    schema: dict[str, Any],
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    runtime: str,
 ) -> tuple[bytes | None, str]:
     """model.onnx's bytes when the server may run it, else None; and the missing level.
 
@@ -102,13 +106,10 @@ def onnx_model(
     import joblib
 
     from mlops_template import onnx_export
-    from mlops_template.dataset import read_split
 
     pipeline = joblib.load(model_path)
     try:
         model = onnx_export.to_onnx(pipeline, schema)
-        train, _ = read_split(processed / "train.csv", schema)
-        test, _ = read_split(processed / "test.csv", schema)
         rows = onnx_export.parity_rows(train, test, schema, PARITY_RANDOM_ROWS, PARITY_SEED)
         parity = onnx_export.check_parity(pipeline, model, rows, schema)
         missing_level = onnx_export.fill_value(pipeline)
@@ -137,11 +138,12 @@ def onnx_model(
     return None, MISSING_LEVEL
 
 
-def sample_request(test_csv: Path, schema: dict[str, Any], rows: int = 2) -> dict[str, Any]:
+def sample_request(
+    features: pd.DataFrame, labels: pd.Series, schema: dict[str, Any], rows: int = 2
+) -> dict[str, Any]:
     """A ready-to-send request: complete test rows of different classes, columns by name."""
-    from mlops_template.dataset import feature_names, read_split
+    from mlops_template.dataset import feature_names
 
-    features, labels = read_split(test_csv, schema)
     complete = features.dropna()
     if complete.empty:
         complete = features
@@ -255,8 +257,10 @@ def build_package(
     schema = read_schema(processed / "schema.json")
     requirements = requirements_path.read_text(encoding="utf-8")
     check_serving_pins(requirements)
-    reference = training_reference(*read_split(processed / "train.csv", schema), schema)
-    onnx, missing_level = onnx_model(model_path, processed, schema, runtime)
+    train = read_split(processed / "train.csv", schema)
+    test = read_split(processed / "test.csv", schema)
+    reference = training_reference(*train, schema)
+    onnx, missing_level = onnx_model(model_path, schema, train[0], test[0], runtime)
     metadata = package_metadata(
         model_path,
         schema,
@@ -279,7 +283,7 @@ def build_package(
         )
         write_json(
             staging / contract.SAMPLE_REQUEST_FILE,
-            sample_request(processed / "test.csv", schema),
+            sample_request(*test, schema),
         )
         metadata.write(staging)
         (staging / contract.MANIFEST_FILE).write_text(package_manifest(metadata), encoding="utf-8")
