@@ -21,7 +21,7 @@ from locust import HttpUser, constant_throughput, events, task
 from locust.stats import RequestStats, StatsEntry
 
 REPO = Path(__file__).resolve().parents[1]
-ROWS = Path(os.environ.get("LOAD_TEST_ROWS", REPO / "data" / "processed" / "test.csv"))
+ROWS = Path(os.environ.get("LOAD_TEST_ROWS", REPO / "data" / "processed" / "test.parquet"))
 SCHEMA = ROWS.with_name("schema.json")
 BAD_SHARE = float(os.environ.get("LOAD_TEST_BAD_SHARE", "0.1"))
 RATE = float(os.environ.get("LOAD_TEST_RATE", "5"))  # requests per second per user
@@ -31,18 +31,24 @@ SUMMARY = os.environ.get("LOAD_TEST_SUMMARY")
 PATH = "/api/v1.0/predictions"
 GOOD = "good"  # request names start with this for good requests, `bad` for malformed ones
 MAX_BATCH = 50
+MAX_ROWS = 10_000  # rows kept in memory to draw requests from, whatever the size of the split
 
 logger = logging.getLogger("load-test")
 
 
 def load_rows() -> tuple[list[str], int, list[list[object]]]:
-    """Feature names, the first numeric feature's index, and the test rows (null where missing)."""
+    """Feature names, the first numeric feature's index, and up to MAX_ROWS test rows (null where
+    missing), from the process stage's Parquet split or any CSV with the schema's columns."""
     import pandas as pd
 
     features = json.loads(SCHEMA.read_text())["features"]
     names = [feature["name"] for feature in features]
     numeric = next(index for index, f in enumerate(features) if f["kind"] == "numeric")
-    frame = pd.read_csv(ROWS)[names].astype(object)
+    if ROWS.suffix == ".parquet":
+        frame = pd.read_parquet(ROWS, columns=names).head(MAX_ROWS)
+    else:
+        frame = pd.read_csv(ROWS, nrows=MAX_ROWS)[names]
+    frame = frame.astype(object)
     rows = [[None if pd.isna(v) else v for v in row] for row in frame.itertuples(index=False)]
     return names, numeric, rows
 

@@ -17,7 +17,8 @@ from .conftest import messy_frame
 def fit(model: str, labels: tuple, hyperparameters: dict | None = None):
     frame = messy_frame(labels=labels)
     schema = infer_schema(frame, "label")
-    train, test = split(frame, "label", ProcessParams(test_size=0.3, random_state=0))
+    train_rows, test_rows = split(frame, "label", ProcessParams(test_size=0.3, random_state=0))
+    train, test = frame.iloc[train_rows], frame.iloc[test_rows]
     estimator = build_estimator(TrainParams(model, 0, hyperparameters or {}))
     pipeline = build_pipeline(schema, estimator)
     pipeline.fit(coerce_features(train, schema), train["label"].astype(str))

@@ -42,8 +42,8 @@ def processed(directory: Path, csv: Path, target: str) -> tuple[dict, pd.DataFra
     (directory / "params.yaml").write_text(yaml.safe_dump(params))
     process(csv, directory / "processed", directory / "params.yaml")
     schema = read_schema(directory / "processed" / "schema.json")
-    train, labels = read_split(directory / "processed" / "train.csv", schema)
-    test, _ = read_split(directory / "processed" / "test.csv", schema)
+    train, labels = read_split(directory / "processed" / "train.parquet", schema)
+    test, _ = read_split(directory / "processed" / "test.parquet", schema)
     return schema, train, labels, test
 
 

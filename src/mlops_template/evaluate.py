@@ -12,9 +12,10 @@ if TYPE_CHECKING:
     import pandas as pd
     from sklearn.pipeline import Pipeline
 
-# Enough rows for stable permutation importance without making a large test split slow.
-MAX_IMPORTANCE_ROWS = 2000
 DECIMALS = 6
+# Curve files keep at most this many points whatever the size of the test split, so that
+# `dvc plots` and a pull-request comment can show them (docs/architecture.md, "Bounded outputs").
+MAX_CURVE_POINTS = 1000
 
 
 @dataclass
@@ -23,9 +24,10 @@ class Evaluation:
 
     metrics: dict[str, float]
     classes: list[str]
-    actual: list[str]
-    predicted: list[str]
+    actual: np.ndarray  # the test labels, as strings
+    predicted: np.ndarray  # the class of highest probability per test row
     probabilities: np.ndarray
+    confusion: pd.DataFrame  # actual, predicted, count: one row per pair of classes
     roc: pd.DataFrame  # fpr, tpr (positive class, or micro-average over classes)
     precision_recall: pd.DataFrame  # recall, precision (same averaging)
     importance: pd.DataFrame  # feature, importance (raw input columns, descending)
@@ -33,7 +35,7 @@ class Evaluation:
 
 
 def compute_metrics(
-    actual: pd.Series, probabilities: np.ndarray, classes: list[str]
+    actual: np.ndarray, probabilities: np.ndarray, classes: list[str]
 ) -> dict[str, float]:
     """Accuracy, balanced accuracy, macro F1/precision/recall, ROC AUC (one-vs-rest), log loss."""
     import numpy as np
@@ -58,24 +60,54 @@ def compute_metrics(
     return {name: round(float(value), DECIMALS) for name, value in values.items()}
 
 
+def spaced(length: int, points: int) -> np.ndarray:
+    """Indices of at most `points` evenly spaced positions, the first and last included."""
+    import numpy as np
+
+    return np.unique(np.linspace(0, length - 1, min(length, points)).round().astype(int))
+
+
+def thin(frame: pd.DataFrame, points: int = MAX_CURVE_POINTS) -> pd.DataFrame:
+    """At most `points` rows, evenly spaced along the curve, the first and last always kept."""
+    return frame.iloc[spaced(len(frame), points)].reset_index(drop=True)
+
+
 def curve_data(
-    actual: pd.Series, probabilities: np.ndarray, classes: list[str]
+    actual: np.ndarray, probabilities: np.ndarray, classes: list[str]
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """ROC and precision-recall points: the positive class if binary, else micro-averaged."""
+    """ROC and precision-recall points (at most MAX_CURVE_POINTS each): the positive class if
+    binary, else micro-averaged."""
+    import numpy as np
     import pandas as pd
     from sklearn.metrics import precision_recall_curve, roc_curve
-    from sklearn.preprocessing import label_binarize
 
     if len(classes) == 2:
-        truth, scores = (actual == classes[1]).to_numpy(), probabilities[:, 1]
+        truth, scores = np.asarray(actual) == classes[1], probabilities[:, 1]
     else:
-        truth = label_binarize(actual, classes=classes).ravel()
+        truth = (np.asarray(actual)[:, None] == np.asarray(classes)[None, :]).ravel()
         scores = probabilities.ravel()
     fpr, tpr, _ = roc_curve(truth, scores)
     precision, recall, _ = precision_recall_curve(truth, scores)
-    roc = pd.DataFrame({"fpr": fpr, "tpr": tpr}).round(DECIMALS)
-    pr = pd.DataFrame({"recall": recall, "precision": precision}).round(DECIMALS)
+    roc = thin(pd.DataFrame({"fpr": fpr, "tpr": tpr})).round(DECIMALS)
+    pr = thin(pd.DataFrame({"recall": recall, "precision": precision})).round(DECIMALS)
     return roc, pr
+
+
+def confusion_counts(actual: np.ndarray, predicted: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """The confusion matrix as (actual, predicted, count) rows, zeros included: classes squared
+    rows, whatever the number of test rows."""
+    import numpy as np
+    import pandas as pd
+    from sklearn.metrics import confusion_matrix
+
+    matrix = confusion_matrix(actual, predicted, labels=classes)
+    return pd.DataFrame(
+        {
+            "actual": np.repeat(classes, len(classes)),
+            "predicted": np.tile(classes, len(classes)),
+            "count": matrix.ravel(),
+        }
+    )
 
 
 def source_columns(pipeline: Pipeline, schema: dict[str, Any]) -> list[str]:
@@ -95,8 +127,10 @@ def feature_importance(
     features: pd.DataFrame,
     actual: pd.Series,
     random_state: int,
+    max_rows: int,
 ) -> tuple[pd.DataFrame, str]:
-    """Importance per raw column: the model's own where it has one, else permutation importance."""
+    """Importance per raw column: the model's own where it has one, else permutation importance
+    on a seeded sample of at most `max_rows` test rows."""
     import pandas as pd
 
     estimator = pipeline.named_steps["model"]
@@ -108,8 +142,8 @@ def feature_importance(
         from sklearn.inspection import permutation_importance
 
         sample = features
-        if len(features) > MAX_IMPORTANCE_ROWS:
-            sample = features.sample(MAX_IMPORTANCE_ROWS, random_state=random_state)
+        if len(features) > max_rows:
+            sample = features.sample(max_rows, random_state=random_state)
         result = permutation_importance(
             pipeline, sample, actual.loc[sample.index], n_repeats=5, random_state=random_state
         )
@@ -127,20 +161,26 @@ def evaluate(
     features: pd.DataFrame,
     actual: pd.Series,
     random_state: int,
+    importance_rows: int = 2000,
 ) -> Evaluation:
-    """Score the fitted pipeline on held-out rows."""
+    """Score the fitted pipeline on held-out rows, predicted once for every metric and plot."""
     import numpy as np
 
     classes = [str(label) for label in pipeline.classes_]
     probabilities = pipeline.predict_proba(features)
-    roc, pr = curve_data(actual, probabilities, classes)
-    importance, method = feature_importance(pipeline, schema, features, actual, random_state)
+    labels = actual.to_numpy(dtype=object)
+    predicted = np.asarray(classes, dtype=object)[probabilities.argmax(axis=1)]
+    roc, pr = curve_data(labels, probabilities, classes)
+    importance, method = feature_importance(
+        pipeline, schema, features, actual, random_state, importance_rows
+    )
     return Evaluation(
-        metrics=compute_metrics(actual, probabilities, classes),
+        metrics=compute_metrics(labels, probabilities, classes),
         classes=classes,
-        actual=actual.tolist(),
-        predicted=np.asarray(classes)[probabilities.argmax(axis=1)].tolist(),
+        actual=labels,
+        predicted=predicted,
         probabilities=probabilities,
+        confusion=confusion_counts(labels, predicted, classes),
         roc=roc,
         precision_recall=pr,
         importance=importance,

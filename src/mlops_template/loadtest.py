@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_LOCUSTFILE = Path("loadtest/locustfile.py")
 DEFAULT_OUT = Path("build/load-test")
-DEFAULT_ROWS = Path("data/processed/test.csv")
+DEFAULT_ROWS = Path("data/processed/test.parquet")
 # Locust stops its users at the end of the run and waits this long for requests in flight.
 STOP_TIMEOUT_SECONDS = 10
 

@@ -46,6 +46,8 @@ class TrainParams:
     model: str
     random_state: int
     hyperparameters: dict[str, Any] = field(default_factory=dict)
+    n_jobs: int = -1  # cores for fitting and evaluating; the saved model predicts on one
+    importance_rows: int = 2000  # permutation importance's seeded sample of the test split
 
     @property
     def estimator_import(self) -> tuple[str, str]:
@@ -144,7 +146,23 @@ def train_params(raw: dict[str, Any]) -> TrainParams:
     hyperparameters = section.get(model) or {}
     if not isinstance(hyperparameters, dict):
         raise UserError(f"params.yaml: train.{model} must be a mapping of hyperparameters")
-    return TrainParams(model=model, random_state=random_state, hyperparameters=hyperparameters)
+    n_jobs = _get(section, "train", "n_jobs", int) if "n_jobs" in section else -1
+    if n_jobs == 0:
+        raise UserError("params.yaml: train.n_jobs must be a number of cores, or -1 for all, not 0")
+    importance_rows = (
+        _get(section, "train", "importance_rows", int) if "importance_rows" in section else 2000
+    )
+    if importance_rows < 1:
+        raise UserError(
+            f"params.yaml: train.importance_rows must be at least 1, got {importance_rows}"
+        )
+    return TrainParams(
+        model=model,
+        random_state=random_state,
+        hyperparameters=hyperparameters,
+        n_jobs=n_jobs,
+        importance_rows=importance_rows,
+    )
 
 
 def package_params(raw: dict[str, Any]) -> PackageParams:

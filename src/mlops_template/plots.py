@@ -19,12 +19,9 @@ IMAGE_NAMES = ("confusion_matrix.png", "roc.png", "precision_recall.png", "featu
 
 def write_plot_data(evaluation: Evaluation, out_dir: Path) -> None:
     """CSV files that `dvc plots show/diff` renders with the templates named in dvc.yaml."""
-    import pandas as pd
-
     out_dir.mkdir(parents=True, exist_ok=True)
-    confusion = pd.DataFrame({"actual": evaluation.actual, "predicted": evaluation.predicted})
     for name, frame in (
-        (CONFUSION_CSV, confusion),
+        (CONFUSION_CSV, evaluation.confusion),
         (ROC_CSV, evaluation.roc),
         (PRECISION_RECALL_CSV, evaluation.precision_recall),
         (IMPORTANCE_CSV, evaluation.importance),
@@ -41,6 +38,8 @@ def write_images(evaluation: Evaluation, out_dir: Path) -> list[Path]:
     import numpy as np
     from sklearn.metrics import ConfusionMatrixDisplay, auc, precision_recall_curve, roc_curve
 
+    from mlops_template.evaluate import MAX_CURVE_POINTS, spaced
+
     out_dir.mkdir(parents=True, exist_ok=True)
     actual = np.asarray(evaluation.actual)
     paths = [out_dir / name for name in IMAGE_NAMES]
@@ -48,13 +47,10 @@ def write_images(evaluation: Evaluation, out_dir: Path) -> list[Path]:
     curve_classes = evaluation.classes[1:] if len(evaluation.classes) == 2 else evaluation.classes
 
     figure, axes = plt.subplots(figsize=(5, 4.5))
-    ConfusionMatrixDisplay.from_predictions(
-        evaluation.actual,
-        evaluation.predicted,
-        labels=evaluation.classes,
-        ax=axes,
-        colorbar=False,
-        xticks_rotation=45,
+    size = len(evaluation.classes)
+    matrix = evaluation.confusion["count"].to_numpy().reshape(size, size)
+    ConfusionMatrixDisplay(matrix, display_labels=evaluation.classes).plot(
+        ax=axes, colorbar=False, xticks_rotation=45
     )
     axes.set_title("Confusion matrix (test split)")
     _save(figure, paths[0])
@@ -64,7 +60,8 @@ def write_images(evaluation: Evaluation, out_dir: Path) -> list[Path]:
         if label not in curve_classes:
             continue
         fpr, tpr, _ = roc_curve(actual == label, evaluation.probabilities[:, index])
-        axes.plot(fpr, tpr, label=f"{label} (AUC {auc(fpr, tpr):.3f})")
+        shown = spaced(len(fpr), MAX_CURVE_POINTS)
+        axes.plot(fpr[shown], tpr[shown], label=f"{label} (AUC {auc(fpr, tpr):.3f})")
     axes.plot([0, 1], [0, 1], linestyle=":", color="grey")
     axes.set(xlabel="False positive rate", ylabel="True positive rate", title="ROC (one vs rest)")
     axes.legend(loc="lower right")
@@ -77,7 +74,8 @@ def write_images(evaluation: Evaluation, out_dir: Path) -> list[Path]:
         precision, recall, _ = precision_recall_curve(
             actual == label, evaluation.probabilities[:, index]
         )
-        axes.plot(recall, precision, label=str(label))
+        shown = spaced(len(recall), MAX_CURVE_POINTS)
+        axes.plot(recall[shown], precision[shown], label=str(label))
     axes.set(
         xlabel="Recall", ylabel="Precision", title="Precision-recall (one vs rest)", ylim=(0, 1.05)
     )

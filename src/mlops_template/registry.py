@@ -127,14 +127,14 @@ def log_from_files(
     """Log a run for a model the tracking store has never seen, from the pipeline's outputs."""
     import joblib
 
-    from mlops_template.dataset import read_schema, read_split
+    from mlops_template.dataset import SCHEMA_FILE, TEST_FILE, read_schema, read_split
     from mlops_template.files import git_commit
     from mlops_template.plots import IMAGE_NAMES, IMAGES
     from mlops_template.stages.train import input_example
 
     raw = load_params(paths.params)
-    schema = read_schema(paths.processed / "schema.json")
-    test_features, _ = read_split(paths.processed / "test.csv", schema)
+    schema = read_schema(paths.processed / SCHEMA_FILE)
+    test_features, _ = read_split(paths.processed / TEST_FILE, schema)
     images = [paths.plots / IMAGES / name for name in IMAGE_NAMES]
     record = tracking.RunRecord(
         train=train_params(raw),

@@ -46,7 +46,7 @@ def predictions(repository: Path, model) -> np.ndarray:
     from mlops_template.dataset import read_schema, read_split
 
     schema = read_schema(repository / "data/processed/schema.json")
-    features, _ = read_split(repository / "data/processed/test.csv", schema)
+    features, _ = read_split(repository / "data/processed/test.parquet", schema)
     return model.predict_proba(features)
 
 

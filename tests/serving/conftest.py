@@ -121,7 +121,7 @@ def load_test(
         [
             sys.executable, "-m", "mlops_template.cli", "load-test", "--url", url,
             "--duration", str(seconds), "--out", str(out),
-            "--rows", str(serving_package.parent / "processed" / "test.csv"),
+            "--rows", str(serving_package.parent / "processed" / "test.parquet"),
             "--locustfile", str(REPO / "loadtest" / "locustfile.py"),
             "--params", str(params),
         ],
@@ -158,8 +158,8 @@ def serving_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # The train stage's own core; only its file writing and MLflow logging are left out here.
     trained = fit_and_evaluate(
         schema,
-        read_split(processed / "train.csv", schema),
-        read_split(processed / "test.csv", schema),
+        read_split(processed / "train.parquet", schema),
+        read_split(processed / "test.parquet", schema),
         params,
     )
     joblib.dump(trained.pipeline, root / "model.joblib")

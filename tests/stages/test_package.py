@@ -151,7 +151,7 @@ def test_an_estimator_without_a_translation_is_served_with_joblib(trained, tmp_p
     from mlops_template.dataset import read_split
 
     pipeline.steps[-1] = ("model", KNeighborsClassifier())
-    pipeline.fit(*read_split(trained / "processed" / "train.csv", schema))
+    pipeline.fit(*read_split(trained / "processed" / "train.parquet", schema))
     custom = tmp_path / "custom"
     custom.mkdir()
     for name in ("processed", "metrics.json"):

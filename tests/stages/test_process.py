@@ -21,7 +21,7 @@ def test_messy_csv_becomes_splits_and_schema(tmp_path, messy_csv, write_params):
     out = tmp_path / "processed"
     schema = process(messy_csv, out, write_params())
 
-    assert sorted(p.name for p in out.iterdir()) == ["schema.json", "test.csv", "train.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["schema.json", "test.parquet", "train.parquet"]
     assert json.loads((out / "schema.json").read_text()) == schema
     kinds = {f["name"]: f["kind"] for f in schema["features"]}
     assert kinds == {
@@ -33,11 +33,66 @@ def test_messy_csv_becomes_splits_and_schema(tmp_path, messy_csv, write_params):
     colour = next(f for f in schema["features"] if f["name"] == "colour")
     assert colour["categories"] == ["blue", "green", "red"]  # gaps are not a level
     assert schema["classes"] == ["ant", "bee", "cat"]
-    train = pd.read_csv(out / "train.csv")
-    test = pd.read_csv(out / "test.csv")
+    train = pd.read_parquet(out / "train.parquet")
+    test = pd.read_parquet(out / "test.parquet")
     assert len(train) + len(test) == 90
     assert schema["rows"] == {"train": len(train), "test": len(test)}
     assert train["length"].isna().any(), "missing values are kept for the model's imputer"
+    assert train["colour"].isna().any()
+    # Typed columns: the label first, numbers as float64, categories as strings.
+    assert list(train.columns) == ["label", "length", "weight", "colour", "shape"]
+    assert train["length"].dtype == "float64"
+    assert pd.api.types.is_string_dtype(train["colour"])
+
+
+def test_splits_hold_the_csv_rows_unchanged(tmp_path, messy_csv, write_params):
+    out = tmp_path / "processed"
+    process(messy_csv, out, write_params())
+    original = pd.read_csv(messy_csv)
+    both = pd.concat([pd.read_parquet(out / name) for name in ("train.parquet", "test.parquet")])
+    both = both[original.columns].sort_values(["length", "weight"]).reset_index(drop=True)
+    expected = original.sort_values(["length", "weight"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(both, expected, check_dtype=False)
+
+
+def test_the_splits_do_not_depend_on_the_chunk_size(tmp_path, messy_csv, write_params, monkeypatch):
+    first = tmp_path / "first"
+    process(messy_csv, first, write_params())
+    monkeypatch.setattr("mlops_template.stages.process.CHUNK_ROWS", 8)
+    monkeypatch.setattr("mlops_template.dataset.CHUNK_ROWS", 8)
+    second = tmp_path / "second"
+    process(messy_csv, second, write_params())
+    for name in ("train.parquet", "test.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(first / name), pd.read_parquet(second / name))
+    assert (first / "schema.json").read_bytes() == (second / "schema.json").read_bytes()
+
+
+def test_columns_typed_differently_in_different_chunks_read_as_pandas_reads_them(
+    tmp_path, monkeypatch
+):
+    # Chunks of 4 rows: `count` is whole numbers, then has a gap (floats); `code` is numbers for
+    # 8 rows, then text; `flag` is booleans with a gap.
+    monkeypatch.setattr("mlops_template.stages.process.CHUNK_ROWS", 4)
+    path = tmp_path / "raw.csv"
+    lines = ["count,code,flag,label"]
+    for index in range(12):
+        count = "" if index == 5 else str(index)
+        code = f"{index}.50" if index < 8 else f"x{index}"
+        flag = "" if index == 2 else str(index % 2 == 0)
+        lines.append(f"{count},{code},{flag},{'ab'[index % 2]}")
+    path.write_text("\n".join(lines) + "\n")
+
+    frame = read_raw(path)
+
+    assert frame["count"].dtype == "float64"
+    assert frame["count"].isna().sum() == 1
+    assert frame["code"].tolist()[:2] == ["0.50", "1.50"], "text keeps its spelling"
+    assert frame["code"].tolist()[-1] == "x11"
+    assert infer_schema(frame, "label")["features"] == [
+        {"name": "count", "kind": "numeric"},
+        {"name": "code", "kind": "categorical", "categories": sorted(frame["code"].tolist())},
+        {"name": "flag", "kind": "categorical", "categories": ["False", "True"]},
+    ]
 
 
 def test_split_is_stratified_and_seeded():
@@ -46,10 +101,12 @@ def test_split_is_stratified_and_seeded():
     again_train, _ = split(frame, "label", PARAMS)
     other_train, _ = split(frame, "label", ProcessParams(test_size=0.25, random_state=8))
 
-    assert train.index.equals(again_train.index)
-    assert not train.index.equals(other_train.index)
-    assert set(test["label"]) == {"ant", "bee", "cat"}
-    assert test["label"].value_counts().max() - test["label"].value_counts().min() <= 1
+    assert (train == again_train).all()
+    assert not (train == other_train).all()
+    assert sorted([*train, *test]) == list(range(len(frame)))
+    labels = frame["label"].iloc[test]
+    assert set(labels) == {"ant", "bee", "cat"}
+    assert labels.value_counts().max() - labels.value_counts().min() <= 1
 
 
 def test_binary_numeric_target_keeps_whole_number_labels():

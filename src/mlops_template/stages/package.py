@@ -252,13 +252,20 @@ def build_package(
     runtime: str = "auto",
 ) -> PackageMetadata:
     """Write the serving package atomically and return its metadata."""
-    from mlops_template.dataset import read_schema, read_split
+    from mlops_template.dataset import (
+        SCHEMA_FILE,
+        TEST_FILE,
+        TRAIN_FILE,
+        content_sha256,
+        read_schema,
+        read_split,
+    )
 
-    schema = read_schema(processed / "schema.json")
+    schema = read_schema(processed / SCHEMA_FILE)
     requirements = requirements_path.read_text(encoding="utf-8")
     check_serving_pins(requirements)
-    train = read_split(processed / "train.csv", schema)
-    test = read_split(processed / "test.csv", schema)
+    train = read_split(processed / TRAIN_FILE, schema)
+    test = read_split(processed / TEST_FILE, schema)
     reference = training_reference(*train, schema)
     onnx, missing_level = onnx_model(model_path, schema, train[0], test[0], runtime)
     metadata = package_metadata(
@@ -268,7 +275,7 @@ def build_package(
         max_batch_rows,
         estimator,
         reference,
-        evaluation_data_sha256=sha256(processed / "test.csv"),
+        evaluation_data_sha256=content_sha256(*test),
         onnx=onnx,
         missing_level=missing_level,
     )

@@ -1,4 +1,9 @@
-"""Process stage: validate the raw CSV, split it stratified, write the splits and a schema."""
+"""Process stage: validate the raw CSV, split it stratified, write the splits and a schema.
+
+Memory stays close to one copy of the data: the CSV is parsed in chunks that are each turned into
+Arrow columns at once (the text a parser holds is freed chunk by chunk), the chunks become one
+frame without a copy of the strings, and the splits are written a chunk of rows at a time.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,16 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlops_template.dataset import CATEGORICAL, NUMERIC, coerce_features, label_strings
+from mlops_template.dataset import (
+    CATEGORICAL,
+    CHUNK_ROWS,
+    NUMERIC,
+    SCHEMA_FILE,
+    TEST_FILE,
+    TRAIN_FILE,
+    label_strings,
+    write_split,
+)
 from mlops_template.errors import UserError
 from mlops_template.files import atomic_directory, write_json
 from mlops_template.params import (
@@ -17,6 +31,7 @@ from mlops_template.params import (
     load_params,
     process_params,
 )
+from mlops_template.progress import Stopwatch, megabytes
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -25,22 +40,92 @@ log = logging.getLogger(__name__)
 
 
 def read_raw(path: Path) -> pd.DataFrame:
-    """Read the raw CSV, turning every way it can be unusable into a UserError that names it."""
+    """Read the raw CSV, turning every way it can be unusable into a UserError that names it.
+
+    Types are inferred as pandas infers them. A column read as numbers in some chunks and as text
+    in others is read again as text, so its values keep the spelling they have in the file.
+    """
     import pandas as pd
+    import pyarrow as pa
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"data.csv: file not found: {path}")
-    try:
-        frame = pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        raise UserError(f"data.csv: {path} is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        first_line = str(error).strip().splitlines()[0]
-        raise UserError(f"data.csv: {path} is not a readable CSV: {first_line}") from None
-    if frame.empty:
+    log.info("reading %s (%s MB)", path, f"{path.stat().st_size / 1e6:,.0f}")
+    text: list[str] = []
+    while True:
+        try:
+            chunks = [
+                chunk_table(chunk)
+                for chunk in pd.read_csv(path, chunksize=CHUNK_ROWS, dtype=dict.fromkeys(text, str))
+            ]
+        except pd.errors.EmptyDataError:
+            raise UserError(f"data.csv: {path} is empty") from None
+        except (pd.errors.ParserError, UnicodeDecodeError) as error:
+            first_line = str(error).strip().splitlines()[0]
+            raise UserError(f"data.csv: {path} is not a readable CSV: {first_line}") from None
+        mixed = mixed_columns(chunks)
+        if not mixed:
+            break
+        text += mixed
+    if not chunks or not sum(len(chunk) for chunk in chunks):
         raise UserError(f"data.csv: {path} has a header but no rows")
-    return frame
+    table = pa.concat_tables(unify_numbers(chunks))
+    del chunks
+    # Conversion frees each Arrow column as it goes; strings stay in Arrow memory (no copy).
+    return table.to_pandas(self_destruct=True, split_blocks=True)
+
+
+def chunk_table(chunk: pd.DataFrame) -> Any:
+    """One parsed chunk as Arrow columns that own their memory (the chunk can be freed at once).
+
+    Object columns become strings (True/False with gaps stay booleans, as pandas reads them);
+    NaN stays a float value, so a column without text converts back to pandas as one copy.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    from mlops_template.dataset import as_text
+
+    arrays = []
+    for name in chunk.columns:
+        column = chunk[name]
+        if column.dtype == object and not pa.types.is_boolean(
+            pa.infer_type(column.dropna().head(1000))
+        ):
+            column = as_text(column)
+        if isinstance(column.dtype, np.dtype) and column.dtype != object:
+            arrays.append(pa.array(column.to_numpy(copy=True), from_pandas=False))
+        else:
+            arrays.append(pa.array(column, from_pandas=True))
+    return pa.Table.from_arrays(arrays, names=[str(name) for name in chunk.columns])
+
+
+def mixed_columns(chunks: list[Any]) -> list[str]:
+    """Columns that some chunks read as text and others as numbers or booleans."""
+    import pyarrow as pa
+
+    mixed = []
+    for name in chunks[0].column_names if chunks else []:
+        types = {chunk.schema.field(name).type for chunk in chunks} - {pa.null()}
+        if len(types) > 1 and not all(
+            pa.types.is_integer(t) or pa.types.is_floating(t) for t in types
+        ):
+            mixed.append(name)
+    return mixed
+
+
+def unify_numbers(chunks: list[Any]) -> list[Any]:
+    """Cast a column that is integers in some chunks and floats (gaps) in others to floats."""
+    import pyarrow as pa
+
+    schema = chunks[0].schema
+    for index, name in enumerate(schema.names):
+        types = {chunk.schema.field(name).type for chunk in chunks} - {pa.null()}
+        if len(types) > 1 or pa.null() in {chunk.schema.field(name).type for chunk in chunks}:
+            wanted = pa.float64() if len(types) > 1 else next(iter(types), pa.float64())
+            schema = schema.set(index, pa.field(name, wanted))
+    return [chunk.cast(schema) for chunk in chunks]
 
 
 def validate(frame: pd.DataFrame, target: str, params: ProcessParams) -> pd.DataFrame:
@@ -52,7 +137,8 @@ def validate(frame: pd.DataFrame, target: str, params: ProcessParams) -> pd.Data
         )
     if len(frame.columns) < 2:
         raise UserError("data.csv: the CSV has no feature columns besides the target")
-    labelled = frame[frame[target].notna()]
+    present = frame[target].notna()
+    labelled = frame if present.all() else frame[present]  # no copy of a complete frame
     if len(labelled) < len(frame):
         log.warning("dropped %d rows with no value in '%s'", len(frame) - len(labelled), target)
     counts = label_strings(labelled[target]).value_counts()
@@ -90,17 +176,22 @@ def infer_schema(frame: pd.DataFrame, target: str) -> dict[str, Any]:
     return {"target": target, "features": features, "classes": classes}
 
 
-def split(
-    frame: pd.DataFrame, target: str, params: ProcessParams
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split stratified on the target, seeded from params, so the same input gives the same rows."""
+def split(frame: pd.DataFrame, target: str, params: ProcessParams) -> tuple[Any, Any]:
+    """Row positions of the train and test sets: stratified on the target, seeded from params,
+    so the same input gives the same rows in the same order."""
+    import numpy as np
+    import pandas as pd
     from sklearn.model_selection import train_test_split
 
+    labels = label_strings(frame[target])
+    # Class codes in sorted order split exactly as the label strings would, without a Python
+    # string per row.
+    codes = pd.Categorical(labels, categories=sorted(labels.unique())).codes
     train, test = train_test_split(
-        frame,
+        np.arange(len(frame)),
         test_size=params.test_size,
         random_state=params.random_state,
-        stratify=label_strings(frame[target]),
+        stratify=codes,
     )
     return train, test
 
@@ -110,24 +201,28 @@ def process(csv: Path, out_dir: Path, params_path: Path = DEFAULT_PARAMS) -> dic
     raw = load_params(params_path)
     target = data_params(raw).target
     params = process_params(raw)
-    frame = validate(read_raw(csv), target, params)
+    clock = Stopwatch()
+    frame = read_raw(csv)
+    log.info(
+        "read %s rows x %d columns (%s in memory) [%s]",
+        f"{len(frame):,}", len(frame.columns), megabytes(frame), clock,
+    )  # fmt: skip
+    frame = validate(frame, target, params)
     schema = infer_schema(frame, target)
     train, test = split(frame, target, params)
     schema["rows"] = {"train": len(train), "test": len(test)}
-    with atomic_directory(out_dir) as staging:
-        for name, part in (("train", train), ("test", test)):
-            features = coerce_features(part, schema)
-            features.insert(0, target, label_strings(part[target]))
-            features.to_csv(staging / f"{name}.csv", index=False, lineterminator="\n")
-        write_json(staging / "schema.json", schema)
     log.info(
-        "wrote %d train and %d test rows, %d features, classes %s to %s",
-        len(train),
-        len(test),
-        len(schema["features"]),
-        schema["classes"],
-        out_dir,
-    )
+        "schema: %d numeric and %d categorical features, classes %s; splitting %s / %s rows [%s]",
+        len([f for f in schema["features"] if f["kind"] == NUMERIC]),
+        len([f for f in schema["features"] if f["kind"] == CATEGORICAL]),
+        schema["classes"], f"{len(train):,}", f"{len(test):,}", clock,
+    )  # fmt: skip
+    with atomic_directory(out_dir) as staging:
+        for name, rows in ((TRAIN_FILE, train), (TEST_FILE, test)):
+            write_split(staging / name, frame, rows, schema)
+            log.info("wrote %s (%s rows) [%s]", name, f"{len(rows):,}", clock)
+        write_json(staging / SCHEMA_FILE, schema)
+    log.info("process stage done: %s [%s]", out_dir, clock)
     return schema
 
 
@@ -137,7 +232,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--csv", type=Path, required=True, help="the raw CSV (data.csv in params.yaml)"
     )
     parser.add_argument(
-        "--out", type=Path, required=True, help="directory for train.csv, test.csv, schema.json"
+        "--out",
+        type=Path,
+        required=True,
+        help=f"directory for {TRAIN_FILE}, {TEST_FILE}, {SCHEMA_FILE}",
     )
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file")
 

@@ -18,6 +18,7 @@ from mlops_template.params import (
     process_params,
     train_params,
 )
+from mlops_template.progress import Stopwatch
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -26,6 +27,10 @@ if TYPE_CHECKING:
     from mlops_template.evaluate import Evaluation
 
 log = logging.getLogger(__name__)
+
+# Estimators whose fit spreads over cores with their own n_jobs (gradient boosting uses OpenMP
+# threads, limited by threadpoolctl; the others fit on one core).
+PARALLEL_MODELS = ("random_forest",)
 
 
 @dataclass(frozen=True)
@@ -41,17 +46,41 @@ def fit_and_evaluate(
     train: tuple[pd.DataFrame, pd.Series],
     test: tuple[pd.DataFrame, pd.Series],
     params: TrainParams,
+    clock: Stopwatch | None = None,
 ) -> Trained:
-    """Build the estimator and its preprocessing, fit on `train`, evaluate on `test`. No I/O."""
+    """Build the estimator and its preprocessing, fit on `train`, evaluate on `test`. No I/O.
+
+    Fitting and evaluating use `params.n_jobs` cores (the forest's n_jobs, the OpenMP threads of
+    gradient boosting); the returned model is set to predict on one core, as a server wants it.
+    The fitted model does not depend on the number of cores.
+    """
+    from threadpoolctl import threadpool_limits
+
     from mlops_template.evaluate import evaluate
     from mlops_template.model import build_estimator, build_pipeline
 
-    pipeline = build_pipeline(schema, build_estimator(params))
-    try:
-        pipeline.fit(*train)
-    except ValueError as error:
-        raise UserError(f"train.{params.model}: fitting failed: {error}") from None
-    return Trained(pipeline, evaluate(pipeline, schema, *test, params.random_state))
+    clock = clock or Stopwatch()
+    estimator = build_estimator(params)
+    pipeline = build_pipeline(schema, estimator)
+    cores = params.model in PARALLEL_MODELS and "n_jobs" not in params.hyperparameters
+    if cores:
+        estimator.set_params(n_jobs=params.n_jobs)
+    features, labels = train
+    log.info(
+        "fitting %s on %s rows x %d features (n_jobs=%d) [%s]",
+        params.model, f"{len(features):,}", len(features.columns), params.n_jobs, clock,
+    )  # fmt: skip
+    with threadpool_limits(limits=None if params.n_jobs < 0 else params.n_jobs):
+        try:
+            pipeline.fit(features, labels)
+        except ValueError as error:
+            raise UserError(f"train.{params.model}: fitting failed: {error}") from None
+        log.info("fitted; evaluating on %s test rows [%s]", f"{len(test[0]):,}", clock)
+        evaluation = evaluate(pipeline, schema, *test, params.random_state, params.importance_rows)
+    if cores:
+        estimator.set_params(n_jobs=None)
+    log.info("evaluated [%s]", clock)
+    return Trained(pipeline, evaluation)
 
 
 def train(
@@ -73,14 +102,27 @@ def train(
     with tracking.Tracker(uri) as tracker:
         import joblib
 
-        from mlops_template.dataset import read_schema, read_split
+        from mlops_template.dataset import (
+            SCHEMA_FILE,
+            TEST_FILE,
+            TRAIN_FILE,
+            read_schema,
+            read_split,
+        )
         from mlops_template.plots import IMAGES, write_images, write_plot_data
 
-        schema = read_schema(processed / "schema.json")
-        test = read_split(processed / "test.csv", schema)
-        trained = fit_and_evaluate(
-            schema, read_split(processed / "train.csv", schema), test, params
+        clock = Stopwatch()
+        schema = read_schema(processed / SCHEMA_FILE)
+        test = read_split(processed / TEST_FILE, schema)
+        train_split = read_split(processed / TRAIN_FILE, schema)
+        log.info(
+            "read %s train and %s test rows [%s]",
+            f"{len(train_split[0]):,}",
+            f"{len(test[0]):,}",
+            clock,
         )
+        trained = fit_and_evaluate(schema, train_split, test, params, clock)
+        del train_split
         evaluation = trained.evaluation
         # Everything is staged first and renamed into place only once MLflow has the run too.
         with (
@@ -92,6 +134,7 @@ def train(
             images = write_images(evaluation, plots_staging / IMAGES)
             joblib.dump(trained.pipeline, model_staging)
             write_json(metrics_staging, evaluation.metrics)
+            log.info("wrote the model, metrics and plots; logging the run to MLflow [%s]", clock)
             tracker.log_run(
                 tracking.RunRecord(
                     train=params,
@@ -107,6 +150,7 @@ def train(
                 )
             )
     log.info("%s: %s", params.model, ", ".join(f"{k}={v}" for k, v in evaluation.metrics.items()))
+    log.info("train stage done [%s]", clock)
     return evaluation.metrics
 
 
