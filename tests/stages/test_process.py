@@ -185,3 +185,22 @@ def test_interrupted_write_leaves_nothing_behind(tmp_path, messy_csv, write_para
         process(messy_csv, out, write_params())
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_rows_without_a_label_are_left_out_of_splits_and_schema(tmp_path, write_params):
+    frame = messy_frame()
+    frame.loc[[3, 40], "label"] = None
+    frame.loc[40, "colour"] = "purple"  # a level seen only in an unlabelled row
+    csv = tmp_path / "raw.csv"
+    frame.to_csv(csv, index=False)
+
+    schema = process(csv, tmp_path / "processed", write_params())
+
+    colour = next(f for f in schema["features"] if f["name"] == "colour")
+    assert colour["categories"] == ["blue", "green", "red"]
+    assert schema["rows"]["train"] + schema["rows"]["test"] == 88
+    splits = [
+        pd.read_parquet(tmp_path / "processed" / n) for n in ("train.parquet", "test.parquet")
+    ]
+    assert not any(split["label"].isna().any() for split in splits)
+    assert "purple" not in set(pd.concat(splits)["colour"])

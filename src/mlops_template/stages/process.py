@@ -8,7 +8,9 @@ frame without a copy of the strings, and the splits are written a chunk of rows 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,13 +36,40 @@ from mlops_template.params import (
 from mlops_template.progress import Stopwatch, megabytes
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
 log = logging.getLogger(__name__)
 
 
-def read_raw(path: Path) -> pd.DataFrame:
-    """Read the raw CSV, turning every way it can be unusable into a UserError that names it.
+@contextlib.contextmanager
+def csv_errors(path: Path) -> Iterator[None]:
+    """Turn pandas' errors for an unreadable file into a UserError that names the file."""
+    import pandas as pd
+
+    try:
+        yield
+    except pd.errors.EmptyDataError:
+        raise UserError(f"data.csv: {path} is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise UserError(f"data.csv: {path} is not a readable CSV: {first_line}") from None
+
+
+def read_columns(path: Path) -> list[str]:
+    """The CSV's column names (its header row)."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"data.csv: file not found: {path}")
+    with csv_errors(path):
+        return [str(name) for name in pd.read_csv(path, nrows=0).columns]
+
+
+def read_raw(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read the raw CSV (or only `columns` of it), turning every way it can be unusable into a
+    UserError that names it.
 
     Types are inferred as pandas infers them. A column read as numbers in some chunks and as text
     in others is read again as text, so its values keep the spelling they have in the file.
@@ -51,19 +80,15 @@ def read_raw(path: Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"data.csv: file not found: {path}")
-    log.info("reading %s (%s MB)", path, f"{path.stat().st_size / 1e6:,.0f}")
     text: list[str] = []
     while True:
-        try:
+        with csv_errors(path):
             chunks = [
                 chunk_table(chunk)
-                for chunk in pd.read_csv(path, chunksize=CHUNK_ROWS, dtype=dict.fromkeys(text, str))
+                for chunk in pd.read_csv(
+                    path, chunksize=CHUNK_ROWS, usecols=columns, dtype=dict.fromkeys(text, str)
+                )
             ]
-        except pd.errors.EmptyDataError:
-            raise UserError(f"data.csv: {path} is empty") from None
-        except (pd.errors.ParserError, UnicodeDecodeError) as error:
-            first_line = str(error).strip().splitlines()[0]
-            raise UserError(f"data.csv: {path} is not a readable CSV: {first_line}") from None
         mixed = mixed_columns(chunks)
         if not mixed:
             break
@@ -73,7 +98,9 @@ def read_raw(path: Path) -> pd.DataFrame:
     table = pa.concat_tables(unify_numbers(chunks))
     del chunks
     # Conversion frees each Arrow column as it goes; strings stay in Arrow memory (no copy).
-    return table.to_pandas(self_destruct=True, split_blocks=True)
+    frame = table.to_pandas(self_destruct=True, split_blocks=True)
+    pa.default_memory_pool().release_unused()
+    return frame
 
 
 def chunk_table(chunk: pd.DataFrame) -> Any:
@@ -130,13 +157,23 @@ def unify_numbers(chunks: list[Any]) -> list[Any]:
 
 def validate(frame: pd.DataFrame, target: str, params: ProcessParams) -> pd.DataFrame:
     """Check the frame can be split for training; return it without rows that lack a label."""
-    if target not in frame.columns:
+    check_columns(list(frame.columns), target)
+    return labelled_rows(frame, target, params)
+
+
+def check_columns(columns: list[str], target: str) -> None:
+    """The target is a column, and there is at least one feature beside it."""
+    if target not in columns:
         raise UserError(
             f"data.target: column '{target}' is not in the CSV "
-            f"(columns: {', '.join(map(str, frame.columns))})"
+            f"(columns: {', '.join(map(str, columns))})"
         )
-    if len(frame.columns) < 2:
+    if len(columns) < 2:
         raise UserError("data.csv: the CSV has no feature columns besides the target")
+
+
+def labelled_rows(frame: pd.DataFrame, target: str, params: ProcessParams) -> pd.DataFrame:
+    """The rows that have a label, once the classes are checked to be splittable."""
     present = frame[target].notna()
     labelled = frame if present.all() else frame[present]  # no copy of a complete frame
     if len(labelled) < len(frame):
@@ -158,8 +195,11 @@ def validate(frame: pd.DataFrame, target: str, params: ProcessParams) -> pd.Data
     return labelled
 
 
-def infer_schema(frame: pd.DataFrame, target: str) -> dict[str, Any]:
-    """Describe the features (numeric or categorical, with levels seen) and the class labels."""
+def infer_schema(
+    frame: pd.DataFrame, target: str, rows: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Describe the features (numeric or categorical, with levels seen) and the class labels,
+    from all rows or only those at positions `rows`."""
     import pandas as pd
 
     features = []
@@ -170,9 +210,11 @@ def infer_schema(frame: pd.DataFrame, target: str) -> dict[str, Any]:
         if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
             features.append({"name": str(name), "kind": NUMERIC})
         else:
+            column = column if rows is None else column.take(rows)
             levels = sorted(column.dropna().astype(str).unique().tolist())
             features.append({"name": str(name), "kind": CATEGORICAL, "categories": levels})
-    classes = sorted(label_strings(frame[target]).unique().tolist())
+    labels = frame[target] if rows is None else frame[target].take(rows)
+    classes = sorted(label_strings(labels).unique().tolist())
     return {"target": target, "features": features, "classes": classes}
 
 
@@ -181,35 +223,41 @@ def split(frame: pd.DataFrame, target: str, params: ProcessParams) -> tuple[Any,
     so the same input gives the same rows in the same order."""
     import numpy as np
     import pandas as pd
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import StratifiedShuffleSplit
 
-    labels = label_strings(frame[target])
     # Class codes in sorted order split exactly as the label strings would, without a Python
-    # string per row.
-    codes = pd.Categorical(labels, categories=sorted(labels.unique())).codes
-    train, test = train_test_split(
-        np.arange(len(frame)),
-        test_size=params.test_size,
-        random_state=params.random_state,
-        stratify=codes,
+    # string per row; the splitter needs only the number of rows, not a copy of them. This is
+    # what train_test_split(frame, stratify=labels) does, less its copies.
+    codes = pd.factorize(label_strings(frame[target]), sort=True)[0]
+    splitter = StratifiedShuffleSplit(
+        n_splits=1, test_size=params.test_size, random_state=params.random_state
     )
+    train, test = next(splitter.split(np.empty((len(frame), 0)), codes))
     return train, test
 
 
 def process(csv: Path, out_dir: Path, params_path: Path = DEFAULT_PARAMS) -> dict[str, Any]:
     """Run the whole stage: read and validate everything first, then write all outputs at once."""
+    import numpy as np
+
     raw = load_params(params_path)
     target = data_params(raw).target
     params = process_params(raw)
     clock = Stopwatch()
+    check_columns(read_columns(csv), target)
+    log.info("reading %s (%s MB) [%s]", csv, f"{Path(csv).stat().st_size / 1e6:,.0f}", clock)
+    # The labels first, alone: the split's working memory is gone before the data is read.
+    labelled = labelled_rows(read_raw(csv, [target]), target, params)
+    positions = labelled.index.to_numpy()  # rows with a label, as positions in the file
+    train, test = (positions[part] for part in split(labelled, target, params))
+    del labelled
     frame = read_raw(csv)
     log.info(
         "read %s rows x %d columns (%s in memory) [%s]",
         f"{len(frame):,}", len(frame.columns), megabytes(frame), clock,
     )  # fmt: skip
-    frame = validate(frame, target, params)
-    schema = infer_schema(frame, target)
-    train, test = split(frame, target, params)
+    complete = len(positions) == len(frame)
+    schema = infer_schema(frame, target, None if complete else np.sort(positions))
     schema["rows"] = {"train": len(train), "test": len(test)}
     log.info(
         "schema: %d numeric and %d categorical features, classes %s; splitting %s / %s rows [%s]",
@@ -240,7 +288,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file")
 
 
+def return_freed_memory() -> None:
+    """Have glibc give large freed blocks back to the system at once (no-op elsewhere).
+
+    By default glibc raises its threshold for serving allocations from its own heap each time a
+    large block is freed, and blocks freed from that heap are rarely returned: the chunks that
+    reading leaves behind would keep the peak at about one more copy of the data. A fixed
+    threshold (glibc's initial 128 KiB) turns that adjustment off.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        libc = None
+    if libc is not None and hasattr(libc, "mallopt"):
+        m_mmap_threshold = -3
+        libc.mallopt(m_mmap_threshold, 128 * 1024)
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point for `mlops process`."""
+    return_freed_memory()
     process(args.csv, args.out, args.params)
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +71,10 @@ def fit_and_evaluate(
         "fitting %s on %s rows x %d features (n_jobs=%d) [%s]",
         params.model, f"{len(features):,}", len(features.columns), params.n_jobs, clock,
     )  # fmt: skip
-    with threadpool_limits(limits=None if params.n_jobs < 0 else params.n_jobs):
+    # All cores is every library's default: only a limit needs threadpoolctl (which inspects every
+    # loaded native library, a tenth of a second).
+    limits = threadpool_limits(params.n_jobs) if params.n_jobs > 0 else contextlib.nullcontext()
+    with limits:
         try:
             pipeline.fit(features, labels)
         except ValueError as error:
