@@ -61,7 +61,7 @@ mlflow-ui: setup ## Browse the local MLflow store at http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 .PHONY: bench-pipeline
-bench-pipeline: setup ## Time cold, no-op and param-change dvc repro against a bare script
+bench-pipeline: setup ## Time dvc repro (bundled data) and each stage on 1M synthetic rows against bare scripts
 	$(BIN)/python benchmarks/pipeline.py
 
 .PHONY: bench-remote

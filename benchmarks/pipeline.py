@@ -191,10 +191,26 @@ def synthetic_csv(path: Path, n_rows: int, seed: int = 0) -> None:
 
 
 def frame_megabytes(csv: Path) -> float:
-    """The in-memory size of the CSV as pandas reads it (strings included), in MiB."""
-    import pandas as pd
+    """The in-memory size of the CSV as pandas reads it (strings included), in MiB.
 
-    return pd.read_csv(csv).memory_usage(deep=True).sum() / 2**20
+    Measured in a child process, like the generation of the CSV: a forked child starts with its
+    parent's resident pages, and wait4 would count a large benchmark process in every stage's peak.
+    """
+    code = "import pandas, sys; print(pandas.read_csv(sys.argv[1]).memory_usage(deep=True).sum())"
+    output = subprocess.run(
+        [str(BIN / "python"), "-c", code, str(csv)], capture_output=True, text=True, check=True
+    )
+    return int(output.stdout) / 2**20
+
+
+def generate(csv: Path, n_rows: int) -> None:
+    """synthetic_csv in a child process (see frame_megabytes)."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from pipeline import synthetic_csv; "
+        "from pathlib import Path; synthetic_csv(Path(sys.argv[2]), int(sys.argv[3]))"
+    )
+    args = [str(BIN / "python"), "-c", code, str(Path(__file__).parent), str(csv), str(n_rows)]
+    subprocess.run(args, check=True)
 
 
 def large_data(root: Path, n_rows: int, model: str, rounds: int) -> dict:
@@ -202,7 +218,7 @@ def large_data(root: Path, n_rows: int, model: str, rounds: int) -> dict:
     clone = fresh_clone(root, f"large-{model}")
     generated = root / f"synthetic-{n_rows}.csv"  # made once, shared by every model's clone
     if not generated.exists():
-        synthetic_csv(generated, n_rows)
+        generate(generated, n_rows)
     csv = clone / "data" / "raw" / "synthetic.csv"
     os.link(generated, csv)
     params = yaml.safe_load((clone / "params.yaml").read_text())
