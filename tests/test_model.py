@@ -62,3 +62,30 @@ def test_unknown_hyperparameter_is_named_with_the_valid_ones():
 def test_out_of_range_hyperparameter_fails_before_fitting():
     with pytest.raises(UserError, match=r"train\.decision_tree: The 'max_depth' parameter"):
         build_estimator(TrainParams("decision_tree", 0, {"max_depth": -1}))
+
+
+@pytest.mark.parametrize("model", ["random_forest", "hist_gradient_boosting"])
+def test_the_fitted_model_does_not_depend_on_the_cores(model):
+    import io
+
+    import joblib
+
+    from mlops_template.dataset import label_strings
+    from mlops_template.stages.train import fit_and_evaluate
+
+    frame = messy_frame(300)
+    schema = infer_schema(frame, "label")
+    train_rows, test_rows = split(frame, "label", ProcessParams(test_size=0.3, random_state=0))
+    parts = [
+        (coerce_features(frame.iloc[rows], schema), label_strings(frame["label"].iloc[rows]))
+        for rows in (train_rows, test_rows)
+    ]
+    saved = []
+    for cores in (1, -1):
+        trained = fit_and_evaluate(schema, *parts, TrainParams(model, 0, n_jobs=cores))
+        buffer = io.BytesIO()
+        joblib.dump(trained.pipeline, buffer)
+        saved.append(buffer.getvalue())
+        if model == "random_forest":
+            assert trained.pipeline.named_steps["model"].n_jobs is None, "served on one core"
+    assert saved[0] == saved[1]

@@ -108,3 +108,25 @@ def test_deploy_gate_and_canary_settings_are_checked(block, values, message):
     raw["deploy"][block].update(values)
     with pytest.raises(UserError, match=message):
         deploy_params(raw)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("n_jobs", 0, r"train\.n_jobs must be a number of cores, or -1 for all, not 0"),
+        ("n_jobs", "all", r"train\.n_jobs must be int, got 'all'"),
+        ("importance_rows", 0, r"train\.importance_rows must be at least 1, got 0"),
+        ("importance_rows", 2.5, r"train\.importance_rows must be int, got 2\.5"),
+    ],
+)
+def test_cores_and_importance_sample_are_checked(key, value, message):
+    with pytest.raises(UserError, match=message):
+        train_params(params_dict(train={key: value}))
+
+
+def test_cores_and_importance_sample_default_when_absent():
+    raw = params_dict()
+    for key in ("n_jobs", "importance_rows"):
+        raw["train"].pop(key, None)
+    params = train_params(raw)
+    assert (params.n_jobs, params.importance_rows) == (-1, 2000)

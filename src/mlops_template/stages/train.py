@@ -83,6 +83,11 @@ def fit_and_evaluate(
         evaluation = evaluate(pipeline, schema, *test, params.random_state, params.importance_rows)
     if cores:
         estimator.set_params(n_jobs=None)
+    # Gradient boosting records the thread count its binning ran with; it is not used to predict,
+    # and left in place it would make the model file differ between machines with different cores.
+    bin_mapper = getattr(estimator, "_bin_mapper", None)
+    if bin_mapper is not None and hasattr(bin_mapper, "n_threads"):
+        bin_mapper.n_threads = None
     log.info("evaluated [%s]", clock)
     return Trained(pipeline, evaluation)
 
