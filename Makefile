@@ -118,6 +118,15 @@ stack-status: $(VENV)/.synced ## Say what the local stack runs, and where
 report: $(VENV)/.synced ## Write report.md: params, metrics and plots against BASE (default: main)
 	$(BIN)/mlops report --base $(BASE) --out report.md
 
+# The pull-request workflow's artifact for pr-comment.yml: the report, its images and the number
+# (PR_NUMBER, from the environment).
+.PHONY: report-artifact
+report-artifact: ## Gather report.md, its images and PR_NUMBER into build/pr-report
+	rm -rf build/pr-report && mkdir -p build/pr-report
+	cp report.md build/pr-report/
+	if [[ -d report ]]; then cp -r report build/pr-report/; fi
+	printf '%s\n' "$${PR_NUMBER:?set PR_NUMBER}" > build/pr-report/pr-number
+
 # `make deploy` options, each mapped to `mlops deploy`'s (docs/workflows.md, "Deploy"):
 #   DRY_RUN=true --dry-run      LOAD_TEST=true --load-test   FORCE=true --force (past the gate)
 #   CANARY=true --canary        PROMETHEUS_URL=URL           ENVIRONMENT=staging|production

@@ -20,15 +20,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / ".github" / "workflows"
 BIN = Path(sys.executable).parent
-NAMES = ("ci", "pr-report", "build-push", "deploy")
+NAMES = ("ci", "pr-report", "pr-comment", "build-push", "deploy")
 # `owner/repo[/path]@<40 hex> # vX.Y.Z`: immutable, with the human-readable version beside it.
 PINNED = re.compile(r"uses: [\w.-]+/[\w./-]+@[0-9a-f]{40} # v\d+\.\d+\.\d+$")
 LOCAL = re.compile(r"uses: \$/\.github/workflows/[\w-]+\.yml$")
 # `run:` steps that are not Make targets, each for a reason a test below or the docs explain.
 OTHER_RUN_STEPS = {
     'cat report.md >> "$GITHUB_STEP_SUMMARY"',
-    "npx --yes @dvcorg/cml@0.20.6 comment update --target=pr "
-    '--watermark-title="Model report" report.md',
+    'scripts/pr-comment.sh "$REPORT_DIR"',
     'scripts/smoke-test-image.sh "$IMAGE"',
     'scripts/image-summary.sh "$IMAGE" "$DIGEST" >> "$GITHUB_STEP_SUMMARY"',
     'docker pull "$IMAGE"',
@@ -70,7 +69,7 @@ def workflow_steps(name: str) -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
-def test_the_four_workflows_exist_and_nothing_else() -> None:
+def test_the_workflows_exist_and_nothing_else() -> None:
     assert sorted(path.stem for path in WORKFLOWS.glob("*.y*ml")) == sorted(NAMES)
 
 
@@ -159,7 +158,7 @@ def test_write_permissions_only_where_needed() -> None:
         if level == "write"
     }
     assert writes == {
-        ("pr-report", "report", "pull-requests"),  # the CML comment
+        ("pr-comment", "comment", "pull-requests"),  # the report comment (never runs PR code)
         ("build-push", "image", "packages"),  # push to GHCR
         ("deploy", "build", "packages"),  # handed to build-push when deploy builds first
         # OIDC tokens for short-lived cloud credentials, where the DVC remote is used
@@ -223,24 +222,68 @@ def test_concurrency_groups_cancel_superseded_pull_request_runs(name: str) -> No
         assert concurrency["cancel-in-progress"] is False
 
 
-def test_pull_request_secrets_and_comment_are_skipped_for_forks() -> None:
+def test_pull_request_secrets_are_skipped_for_forks() -> None:
     for job_id, step in workflow_steps("pr-report"):
-        uses_secret = "secrets." in str(step.get("env", {}))
-        posts = "cml" in step.get("run", "")
-        if uses_secret or posts:
+        if "secrets." in str(step.get("env", {})):
             assert step.get("if") == SAME_REPOSITORY, (job_id, step.get("name"))
 
 
-def test_pull_request_report_has_history_and_posts_one_updated_comment() -> None:
+def test_the_workflow_that_runs_pull_request_code_cannot_write_or_comment() -> None:
+    job = load("pr-report")["jobs"]["report"]
+    assert job["permissions"] == {"contents": "read", "id-token": "write"}
+    assert not any("cml" in step.get("run", "") for step in job["steps"])
+
+
+def test_pull_request_report_has_history_and_is_handed_over_as_an_artifact() -> None:
     steps = [step for _, step in workflow_steps("pr-report")]
     checkout = next(step for step in steps if "actions/checkout" in step.get("uses", ""))
     assert checkout["with"]["fetch-depth"] == 0
     runs = [step.get("run", "") for step in steps]
     assert 'make report BASE="origin/${BASE_REF}"' in runs
-    comment = next(run for run in runs if "cml" in run)
-    assert "comment update --target=pr --watermark-title=" in comment
     summary = runs.index('cat report.md >> "$GITHUB_STEP_SUMMARY"')
-    assert summary < runs.index(comment)  # the summary is written even if the comment fails
+    gather = runs.index("make report-artifact")
+    upload = next(i for i, s in enumerate(steps) if "upload-artifact" in s.get("uses", ""))
+    assert summary < gather < upload
+    assert steps[gather]["env"] == {"PR_NUMBER": "${{ github.event.pull_request.number }}"}
+    assert steps[upload]["with"]["name"] == "model-report"
+    assert steps[upload]["with"]["path"] == "build/pr-report/"
+
+
+def test_the_comment_workflow_reads_the_artifact_as_data_and_runs_only_its_own_code() -> None:
+    workflow = load("pr-comment")
+    assert workflow["on"] == {
+        "workflow_run": {"workflows": ["Pull-request report"], "types": ["completed"]}
+    }
+    assert load("pr-report")["name"] == "Pull-request report"
+    job = workflow["jobs"]["comment"]
+    assert job["if"] == (
+        "github.event.workflow_run.event == 'pull_request' && "
+        "github.event.workflow_run.conclusion == 'success'"
+    )
+    assert job["permissions"] == {"actions": "read", "pull-requests": "write"}
+    steps = job["steps"]
+    checkout = steps[0]
+    assert "actions/checkout" in checkout["uses"]
+    assert set(checkout.get("with", {})) == {"persist-credentials"}, "no ref: the default branch"
+    download = steps[1]
+    assert "download-artifact" in download["uses"]
+    assert download["with"]["run-id"] == "${{ github.event.workflow_run.id }}"
+    assert download["with"]["path"].startswith("${{ runner.temp }}/"), "outside the checkout"
+    post = steps[2]
+    assert post["run"] == 'scripts/pr-comment.sh "$REPORT_DIR"'
+    assert post["env"]["HEAD_SHA"] == "${{ github.event.workflow_run.head_sha }}"
+    assert post["env"]["REPORT_DIR"] == download["with"]["path"]
+    # Private repositories' plots stay on GitHub unless the owner opts in; public ones use CML.
+    assert post["env"]["PUBLISH_IMAGES"] == (
+        "${{ !github.event.repository.private || vars.PUBLISH_REPORT_IMAGES == 'true' }}"
+    )
+    assert len(steps) == 3
+
+
+def test_cml_is_pinned_in_the_comment_script() -> None:
+    script = (ROOT / "scripts" / "pr-comment.sh").read_text()
+    assert "npx --yes @dvcorg/cml@0.20.6" in script
+    assert "--watermark-title=" in script
 
 
 def test_build_smoke_tests_before_pushing() -> None:

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "manifest": ("mlops_template.manifest", "render the SeldonDeployment for a serving image"),
     "deploy": ("mlops_template.deploy", "apply a SeldonDeployment, smoke-test it, roll back"),
     "report": ("mlops_template.report", "markdown report of params, metrics, plots vs a git ref"),
+    "comment": ("mlops_template.pr_comment", "post or update the report comment (GitHub API)"),
     "data": ("mlops_template.remote", "pull or push DVC-tracked files with the default remote"),
     "stack": ("mlops_template.stack", "a local S3 endpoint and MLflow server on 127.0.0.1"),
     "register": ("mlops_template.registry", "register the pipeline's model version in MLflow"),
