@@ -32,6 +32,10 @@ OTHER_RUN_STEPS = {
     'scripts/image-summary.sh "$IMAGE" "$DIGEST" >> "$GITHUB_STEP_SUMMARY"',
     'docker pull "$IMAGE"',
     'scripts/image-package.sh "$IMAGE" build/package',
+    'scripts/verify-image.sh "$IMAGE" "$GITHUB_REPOSITORY" >> "$GITHUB_OUTPUT"',
+    'echo "name=${IMAGE%:*}" >> "$GITHUB_OUTPUT"',
+    'cosign sign --yes -a "model-sha256=$MODEL_SHA256" -a "git-commit=$GITHUB_SHA" '
+    '"$IMAGE_NAME@$DIGEST"',
     '.venv/bin/mlops manifest --image "$IMAGE" --package "$PACKAGE" --git-commit "$GIT_COMMIT" '
     '--namespace "$NAMESPACE" --replicas "$REPLICAS" --max-replicas "$MAX_REPLICAS" '
     '"$MONITORING" --out build/seldon-deployment.yaml',
@@ -160,6 +164,8 @@ def test_write_permissions_only_where_needed() -> None:
     assert writes == {
         ("pr-comment", "comment", "pull-requests"),  # the report comment (never runs PR code)
         ("build-push", "image", "packages"),  # push to GHCR
+        ("build-push", "image", "attestations"),  # SBOM and provenance attestations
+        ("deploy", "build", "attestations"),  # handed to build-push
         ("deploy", "build", "packages"),  # handed to build-push when deploy builds first
         # OIDC tokens for short-lived cloud credentials, where the DVC remote is used
         ("pr-report", "report", "id-token"),
@@ -473,22 +479,35 @@ def test_the_build_job_is_skipped_when_rolling_back() -> None:
     }
 
 
-def test_the_package_is_copied_out_of_the_image_before_the_manifest_is_rendered() -> None:
+def test_the_image_is_verified_then_deployed_by_digest() -> None:
     job = load("deploy")["jobs"]["deploy"]
-    assert job["permissions"] == {"contents": "read", "packages": "read"}
+    assert job["permissions"] == {
+        "contents": "read",
+        "packages": "read",
+        "attestations": "read",
+    }
     steps = job["steps"]
     login = index_of(steps, uses="docker/login-action")
     pull = index_of(steps, run='docker pull "$IMAGE"')
+    cosign = index_of(steps, uses="sigstore/cosign-installer")
+    verify = index_of(steps, run='scripts/verify-image.sh "$IMAGE" "$GITHUB_REPOSITORY"')
     extract = index_of(steps, run='scripts/image-package.sh "$IMAGE" build/package')
     render = index_of(steps, run=".venv/bin/mlops manifest ")
     deploy = index_of(steps, run="make deploy ")
-    assert login < pull < extract < render < deploy
+    assert login < pull < cosign < verify < extract < render < deploy
     assert steps[login]["with"]["registry"] == "ghcr.io"
     assert steps[login]["with"]["password"] == "${{ secrets.GITHUB_TOKEN }}"
-    for i in (login, pull, extract):
+    for i in (login, pull, cosign, verify, extract):
         assert steps[i]["if"] == "inputs.rollback_to == ''", steps[i].get("name")
-    for i in (pull, extract, render):
+    assert steps[verify]["id"] == "verified"
+    assert steps[verify]["run"].endswith('>> "$GITHUB_OUTPUT"')
+    for i in (pull, verify):
         assert steps[i]["env"]["IMAGE"] == "${{ steps.image.outputs.tags }}"
+    # Everything after the verification uses the digest it resolved, never the tag.
+    assert steps[extract]["env"]["IMAGE"] == "${{ steps.verified.outputs.ref }}"
+    assert steps[render]["env"]["IMAGE"] == (
+        "${{ steps.verified.outputs.ref || steps.image.outputs.tags }}"
+    )
     assert '--package "$PACKAGE"' in steps[render]["run"]
     assert steps[render]["env"]["PACKAGE"] == (
         "${{ inputs.rollback_to == '' && 'build/package' || 'models/serving' }}"
@@ -526,3 +545,36 @@ def test_every_run_step_is_a_make_target_that_exists_or_a_known_command() -> Non
                 assert target in targets, f"{name}.{job_id}: no Make target {target!r}"
             else:
                 assert command in OTHER_RUN_STEPS, f"{name}.{job_id}: {command}"
+
+
+def test_the_pushed_image_is_attested_and_signed_by_digest_after_the_push() -> None:
+    job = load("build-push")["jobs"]["image"]
+    assert job["permissions"] == {
+        "contents": "read",
+        "packages": "write",
+        "id-token": "write",
+        "attestations": "write",
+    }
+    steps = job["steps"]
+    push = max(i for i, step in enumerate(steps) if "build-push-action" in step.get("uses", ""))
+    sbom = index_of(steps, uses="anchore/sbom-action")
+    attest_sbom = index_of(steps, uses="actions/attest-sbom")
+    provenance = [
+        i for i, step in enumerate(steps) if "attest-build-provenance" in step.get("uses", "")
+    ]
+    installer = index_of(steps, uses="sigstore/cosign-installer")
+    sign = index_of(steps, run="cosign sign ")
+    assert push < sbom < attest_sbom < provenance[0] < installer < sign
+    digest = "${{ steps.push.outputs.digest }}"
+    assert steps[sbom]["with"]["format"] == "spdx-json"
+    assert steps[attest_sbom]["with"]["subject-digest"] == digest
+    assert steps[attest_sbom]["with"]["sbom-path"] == steps[sbom]["with"]["output-file"]
+    image, model = (steps[i]["with"] for i in provenance)
+    assert image["subject-digest"] == digest
+    assert image["push-to-registry"] is True
+    assert steps[attest_sbom]["with"]["push-to-registry"] is True
+    # The model files' own sha256 are attested too.
+    assert model == {"subject-path": "models/serving/model.*"}
+    assert steps[sign]["env"]["DIGEST"] == digest
+    assert steps[sign]["run"].endswith('"$IMAGE_NAME@$DIGEST"'), "signed by digest, not by tag"
+    assert "model-sha256=$MODEL_SHA256" in steps[sign]["run"]
