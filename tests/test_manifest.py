@@ -143,6 +143,19 @@ def test_cli_writes_the_manifest_with_the_package_identity(tmp_path: Path) -> No
     }
 
 
+@pytest.mark.parametrize(("options", "workers"), [([], "0"), (["--grpc"], "1")])
+def test_the_grpc_server_is_off_unless_asked(tmp_path: Path, options: list[str], workers: str):
+    # protobuf 3.20.3's pure-Python parser has a recursion advisory with no 3.x fix: the model's
+    # gRPC server is not started unless the deployment asks for it (docs/serving.md).
+    package = write_package(tmp_path)
+    out = tmp_path / "seldon.yaml"
+    args = ["--image", "ghcr.io/acme/penguins:9", "--no-monitoring", *options]
+    done = run_cli("manifest", *args, "--package", str(package), "--out", str(out), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    env = container_of(yaml.safe_load(out.read_text()))["env"]
+    assert [e["value"] for e in env if e["name"] == "GRPC_WORKERS"] == [workers]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

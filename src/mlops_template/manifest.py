@@ -103,8 +103,14 @@ def render_seldon_deployment(
     threads: int = 1,
     model: PackageMetadata | None = None,
     git_commit: str | None = None,
+    grpc: bool = False,
 ) -> dict[str, Any]:
-    """Build a SeldonDeployment (v1) for the serving image; raise UserError on a bad argument."""
+    """Build a SeldonDeployment (v1) for the serving image; raise UserError on a bad argument.
+
+    The model's gRPC server is off unless `grpc`: seldon-core 1.17.1 needs protobuf 3.x, whose
+    pure-Python parser has a recursion advisory with no 3.x fix (docs/serving.md, "Known
+    advisories"), and the graph talks REST.
+    """
     check_image(image)
     check_dns_label(name, "name")
     check_dns_label(namespace, "namespace")
@@ -134,6 +140,8 @@ def render_seldon_deployment(
         "env": [
             {"name": "GUNICORN_WORKERS", "value": str(workers)},
             {"name": "GUNICORN_THREADS", "value": str(threads)},
+            # 0: Seldon's microservice starts no gRPC server at all.
+            {"name": "GRPC_WORKERS", "value": "1" if grpc else "0"},
         ],
         "resources": {
             "requests": {"cpu": cpu_request, "memory": memory_request},
@@ -294,6 +302,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the label Prometheus selects PodMonitors and PrometheusRules by "
         "(default: %(default)s, kube-prometheus-stack's Helm release)",
     )
+    parser.add_argument(
+        "--grpc",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also start the model's gRPC server (default: off; protobuf 3.x advisory, "
+        "docs/serving.md)",
+    )
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file")
     parser.add_argument("--out", type=Path, help="file to write (default: standard output)")
 
@@ -318,6 +333,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         model=metadata,
         git_commit=args.git_commit,
+        grpc=args.grpc,
     )
     documents = [manifest]
     if args.monitoring:

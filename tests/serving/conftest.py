@@ -61,6 +61,7 @@ class Server:
 
     package_dir: Path
     extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # over this process's, as a pod's env
     http_port: int = field(default_factory=free_port)
     grpc_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
@@ -85,6 +86,7 @@ class Server:
                 [str(SERVE_PYTHON), str(self.package_dir / "serve.py"), *ports, *self.extra_args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env},
             )
         return self
 

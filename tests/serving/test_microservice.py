@@ -300,3 +300,25 @@ def test_sigterm_stops_every_process(
         time.sleep(0.2)
     alive = {pid for pid in members if Path(f"/proc/{pid}").exists()}
     assert not alive, f"still running after SIGTERM: {alive}"
+
+
+def test_without_grpc_workers_only_rest_listens_and_sigterm_is_clean(
+    serving_package: Path, serve_python: Path, tmp_path: Path
+) -> None:
+    # What the rendered SeldonDeployment sets unless --grpc: no gRPC server (protobuf 3.x advisory).
+    import socket
+
+    server = Server(serving_package, env={"GRPC_WORKERS": "0"}).start(tmp_path / "server.log")
+    try:
+        server.wait_ready()
+        status, answer = predict(
+            server.url, json.loads((serving_package / "sample_request.json").read_text())
+        )
+        assert status == 200, answer
+        with socket.socket() as sock:
+            sock.settimeout(5)
+            with pytest.raises(ConnectionRefusedError):
+                sock.connect(("127.0.0.1", server.grpc_port))
+    finally:
+        code = server.stop()
+    assert code == 0, server.log()
