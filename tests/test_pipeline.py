@@ -208,6 +208,9 @@ def test_an_interrupted_stage_leaves_the_last_good_outputs(clone, signal_name):
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        # As in a terminal: a job started in the background by a script inherits SIGINT ignored,
+        # and Python keeps it ignored, so the test sets the disposition Ctrl-C finds.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         stage = wait_for_stage(repro.pid, "mlops train")
