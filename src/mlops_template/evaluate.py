@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mlops_template.dataset import CATEGORICAL, NUMERIC, feature_names
+from mlops_template.params import DEFAULT_IMPORTANCE_ROWS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -161,7 +162,7 @@ def evaluate(
     features: pd.DataFrame,
     actual: pd.Series,
     random_state: int,
-    importance_rows: int = 2000,
+    importance_rows: int = DEFAULT_IMPORTANCE_ROWS,
 ) -> Evaluation:
     """Score the fitted pipeline on held-out rows, predicted once for every metric and plot."""
     import numpy as np

@@ -39,6 +39,12 @@ class ProcessParams:
     random_state: int
 
 
+# `train.n_jobs` and `train.importance_rows` when params.yaml leaves them out: all cores, and
+# enough rows for stable permutation importance without making a large test split slow.
+DEFAULT_N_JOBS = -1
+DEFAULT_IMPORTANCE_ROWS = 2000
+
+
 @dataclass(frozen=True)
 class TrainParams:
     """Which estimator to fit, with which hyperparameters."""
@@ -46,8 +52,8 @@ class TrainParams:
     model: str
     random_state: int
     hyperparameters: dict[str, Any] = field(default_factory=dict)
-    n_jobs: int = -1  # cores for fitting and evaluating; the saved model predicts on one
-    importance_rows: int = 2000  # permutation importance's seeded sample of the test split
+    n_jobs: int = DEFAULT_N_JOBS  # cores for fitting and evaluating; the saved model uses one
+    importance_rows: int = DEFAULT_IMPORTANCE_ROWS  # permutation importance's test-row sample
 
     @property
     def estimator_import(self) -> tuple[str, str]:
@@ -146,11 +152,13 @@ def train_params(raw: dict[str, Any]) -> TrainParams:
     hyperparameters = section.get(model) or {}
     if not isinstance(hyperparameters, dict):
         raise UserError(f"params.yaml: train.{model} must be a mapping of hyperparameters")
-    n_jobs = _get(section, "train", "n_jobs", int) if "n_jobs" in section else -1
+    n_jobs = _get(section, "train", "n_jobs", int) if "n_jobs" in section else DEFAULT_N_JOBS
     if n_jobs == 0:
         raise UserError("params.yaml: train.n_jobs must be a number of cores, or -1 for all, not 0")
     importance_rows = (
-        _get(section, "train", "importance_rows", int) if "importance_rows" in section else 2000
+        _get(section, "train", "importance_rows", int)
+        if "importance_rows" in section
+        else DEFAULT_IMPORTANCE_ROWS
     )
     if importance_rows < 1:
         raise UserError(

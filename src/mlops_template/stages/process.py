@@ -21,6 +21,7 @@ from mlops_template.dataset import (
     SCHEMA_FILE,
     TEST_FILE,
     TRAIN_FILE,
+    as_text,
     label_strings,
     write_split,
 )
@@ -112,8 +113,6 @@ def chunk_table(chunk: pd.DataFrame) -> Any:
     import numpy as np
     import pyarrow as pa
 
-    from mlops_template.dataset import as_text
-
     arrays = []
     for name in chunk.columns:
         column = chunk[name]
@@ -128,13 +127,18 @@ def chunk_table(chunk: pd.DataFrame) -> Any:
     return pa.Table.from_arrays(arrays, names=[str(name) for name in chunk.columns])
 
 
+def chunk_types(chunks: list[Any], name: str) -> set[Any]:
+    """The Arrow types column `name` has across the chunks."""
+    return {chunk.schema.field(name).type for chunk in chunks}
+
+
 def mixed_columns(chunks: list[Any]) -> list[str]:
     """Columns that some chunks read as text and others as numbers or booleans."""
     import pyarrow as pa
 
     mixed = []
     for name in chunks[0].column_names if chunks else []:
-        types = {chunk.schema.field(name).type for chunk in chunks} - {pa.null()}
+        types = chunk_types(chunks, name) - {pa.null()}
         if len(types) > 1 and not all(
             pa.types.is_integer(t) or pa.types.is_floating(t) for t in types
         ):
@@ -148,8 +152,9 @@ def unify_numbers(chunks: list[Any]) -> list[Any]:
 
     schema = chunks[0].schema
     for index, name in enumerate(schema.names):
-        types = {chunk.schema.field(name).type for chunk in chunks} - {pa.null()}
-        if len(types) > 1 or pa.null() in {chunk.schema.field(name).type for chunk in chunks}:
+        seen = chunk_types(chunks, name)
+        types = seen - {pa.null()}
+        if len(types) > 1 or pa.null() in seen:
             wanted = pa.float64() if len(types) > 1 else next(iter(types), pa.float64())
             schema = schema.set(index, pa.field(name, wanted))
     return [chunk.cast(schema) for chunk in chunks]
