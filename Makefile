@@ -76,6 +76,7 @@ clean: ## Remove environments, caches and local MLflow runs (keeps data and DVC'
 # What the GitHub workflows run (docs/workflows.md); each works the same on a laptop.
 MANIFEST ?= build/seldon-deployment.yaml
 BASE ?= main
+SCAN ?= build/image-scan.json
 
 .PHONY: lint
 lint: $(VENV)/.synced ## Lint: ruff, actionlint with shellcheck, shellcheck scripts/, zizmor, hadolint
@@ -126,6 +127,19 @@ report-artifact: ## Gather report.md, its images and PR_NUMBER into build/pr-rep
 	cp report.md build/pr-report/
 	if [[ -d report ]]; then cp -r report build/pr-report/; fi
 	printf '%s\n' "$${PR_NUMBER:?set PR_NUMBER}" > build/pr-report/pr-number
+
+# Known-vulnerability gates (docs/security.md): a finding at or above high with a fixed release
+# fails unless security/ignore.yaml accepts it. LOCKS: the lock files (default: serve and dev);
+# SCAN: Grype's JSON report of the image; SUMMARY: a file to append the markdown table to;
+# OSV_API: another OSV server (default: api.osv.dev).
+.PHONY: audit
+audit: $(VENV)/.synced ## Audit the lock files for known vulnerabilities (pip-audit, OSV; needs the network)
+	$(BIN)/mlops audit locks $(LOCKS) $(if $(SUMMARY),--summary "$(SUMMARY)") \
+		$(if $(OSV_API),--osv-api "$(OSV_API)")
+
+.PHONY: audit-image
+audit-image: $(VENV)/.synced ## Judge the image scan's Grype report SCAN against security/ignore.yaml
+	$(BIN)/mlops audit image "$(SCAN)" $(if $(SUMMARY),--summary "$(SUMMARY)")
 
 # `make deploy` options, each mapped to `mlops deploy`'s (docs/workflows.md, "Deploy"):
 #   DRY_RUN=true --dry-run      LOAD_TEST=true --load-test   FORCE=true --force (past the gate)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +21,34 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 # Everything the pipeline writes into the workspace, in git or in DVC.
 OUTPUTS = ("data/processed", "models", "metrics.json", "plots", "dvc.lock")
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """A quiet request handler for stand-in services that answer JSON."""
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def answer(self, status: int, data: object) -> None:
+        body = json.dumps(data).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@contextlib.contextmanager
+def local_http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A stand-in HTTP service on 127.0.0.1 (a free port), in a thread: yields its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def project_env(**variables: str) -> dict[str, str]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import pytest
@@ -21,7 +19,7 @@ from mlops_template.pr_comment import (
     upsert,
 )
 
-from .conftest import REPO
+from .conftest import REPO, JsonHandler, local_http_server
 
 HEAD = "a" * 40
 REPOSITORY = "octo/model"
@@ -45,18 +43,7 @@ class FakeGitHub:
     def handler(self):
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def answer(self, status, data):
-                body = json.dumps(data).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
+        class Handler(JsonHandler):
             def route(self, method):
                 url = urlparse(self.path)
                 fake.requests.append((method, url.path))
@@ -107,13 +94,9 @@ class FakeGitHub:
 @pytest.fixture
 def github():
     fake = FakeGitHub()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), fake.handler())
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
-    yield fake
-    server.shutdown()
-    server.server_close()
+    with local_http_server(fake.handler()) as url:
+        fake.url = url
+        yield fake
 
 
 def post(fake: FakeGitHub, report: str = "# Report\n\n![](images/head/roc.png)\n") -> str:

@@ -20,7 +20,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / ".github" / "workflows"
 BIN = Path(sys.executable).parent
-NAMES = ("ci", "pr-report", "pr-comment", "build-push", "deploy")
+NAMES = ("ci", "audit", "pr-report", "pr-comment", "build-push", "deploy")
 # `owner/repo[/path]@<40 hex> # vX.Y.Z`: immutable, with the human-readable version beside it.
 PINNED = re.compile(r"uses: [\w.-]+/[\w./-]+@[0-9a-f]{40} # v\d+\.\d+\.\d+$")
 LOCAL = re.compile(r"uses: \$/\.github/workflows/[\w-]+\.yml$")
@@ -578,3 +578,34 @@ def test_the_pushed_image_is_attested_and_signed_by_digest_after_the_push() -> N
     assert steps[sign]["env"]["DIGEST"] == digest
     assert steps[sign]["run"].endswith('"$IMAGE_NAME@$DIGEST"'), "signed by digest, not by tag"
     assert "model-sha256=$MODEL_SHA256" in steps[sign]["run"]
+
+
+def test_the_lock_files_are_audited_when_they_change_and_every_week() -> None:
+    workflow = load("audit")
+    for event in ("pull_request", "push"):
+        assert {"requirements/**", "security/**"} <= set(workflow["on"][event]["paths"])
+    assert workflow["on"]["push"]["branches"] == ["main"]
+    assert workflow["on"]["schedule"], "advisories appear while the locks stay the same"
+    job = workflow["jobs"]["locks"]
+    assert job["permissions"] == {"contents": "read"}
+    runs = [step["run"] for step in job["steps"] if "run" in step]
+    # The default lock files of `mlops audit locks`: serve.lock and dev.lock.
+    assert runs == ['make audit SUMMARY="$GITHUB_STEP_SUMMARY"']
+
+
+def test_the_image_is_audited_and_scanned_before_it_is_pushed() -> None:
+    steps = load("build-push")["jobs"]["image"]["steps"]
+    audit_lock = index_of(steps, run="make audit LOCKS=requirements/serve.lock")
+    builds = [i for i, step in enumerate(steps) if "build-push-action" in step.get("uses", "")]
+    smoke = index_of(steps, run="scripts/smoke-test-image.sh")
+    scan = index_of(steps, uses="anchore/scan-action")
+    gate = index_of(steps, run="make audit-image")
+    login = index_of(steps, uses="docker/login-action")
+    assert audit_lock < builds[0] < smoke < scan < gate < login < builds[1]
+    scanner = steps[scan]["with"]
+    assert scanner["image"] == "${{ fromJSON(steps.meta.outputs.json).tags[0] }}"
+    # Grype reports; the gate step fails, applying security/ignore.yaml to that very report.
+    assert scanner["fail-build"] is False
+    assert scanner["output-format"] == "json"
+    assert f"SCAN={scanner['output-file']}" in steps[gate]["run"]
+    assert "if" not in steps[gate], "the gate runs whenever the scan did"

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "monitoring": ("mlops_template.monitoring", "write the Grafana dashboard and the alert rules"),
     "monitor": ("mlops_template.prometheus", "run a local Prometheus scraping `make serve`"),
     "load-test": ("mlops_template.loadtest", "run the Locust scenario against a model server"),
+    "audit": ("mlops_template.audit", "known-vulnerability gate: lock files (OSV), image (Grype)"),
 }
 
 
