@@ -462,6 +462,10 @@ def test_a_report_that_is_not_grype_json_is_one_line(tmp_path, capsys):
     code, _, err = audit_image(capsys, broken, ignore)
     assert code == 2
     assert "is not JSON" in err
+    broken.write_text('{"matches": [{"vulnerability": {"id": "CVE-1"}}]}', encoding="utf-8")
+    code, _, err = audit_image(capsys, broken, ignore)
+    assert code == 2
+    assert "match 1 is not Grype's: KeyError('artifact')" in err
     broken.write_text('{"runs": []}', encoding="utf-8")
     code, _, err = audit_image(capsys, broken, ignore)
     assert code == 2

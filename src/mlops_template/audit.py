@@ -415,20 +415,26 @@ def image_findings(report: dict[str, Any]) -> tuple[str, int, list[Finding]]:
     target = (report.get("source") or {}).get("target") or {}
     name = target.get("userInput") if isinstance(target, dict) else None
     findings: dict[tuple[str, str, str], Finding] = {}
-    for match in report["matches"]:
-        vulnerability, artifact = match["vulnerability"], match["artifact"]
-        related = [item["id"] for item in match.get("relatedVulnerabilities") or []]
-        ids = tuple(sorted(dict.fromkeys([vulnerability["id"], *related]), key=_id_order))
-        fix = vulnerability.get("fix") or {}
-        finding = Finding(
-            source=name or "image",
-            package=artifact["name"],
-            version=artifact["version"],
-            ids=ids,
-            severity=SEVERITY_NAMES.get(str(vulnerability.get("severity", "")).lower(), UNKNOWN),
-            fixed_in=tuple(fix.get("versions") or []) if fix.get("state") == "fixed" else (),
-            summary=f"{artifact.get('type', '')} package".strip(),
-        )
+    for number, match in enumerate(report["matches"], start=1):
+        try:
+            vulnerability, artifact = match["vulnerability"], match["artifact"]
+            related = [item["id"] for item in match.get("relatedVulnerabilities") or []]
+            ids = tuple(sorted(dict.fromkeys([vulnerability["id"], *related]), key=_id_order))
+            fix = vulnerability.get("fix") or {}
+            severity = str(vulnerability.get("severity", "")).lower()
+            finding = Finding(
+                source=name or "image",
+                package=artifact["name"],
+                version=artifact["version"],
+                ids=ids,
+                severity=SEVERITY_NAMES.get(severity, UNKNOWN),
+                fixed_in=tuple(fix.get("versions") or []) if fix.get("state") == "fixed" else (),
+                summary=f"{artifact.get('type', '')} package".strip(),
+            )
+        except (KeyError, TypeError, AttributeError) as error:
+            raise UserError(
+                f"the image scan report's match {number} is not Grype's: {error!r}"
+            ) from None
         # The same package can be matched at several paths: one finding each.
         findings.setdefault(
             (canonical(finding.package), finding.version, vulnerability["id"]), finding
@@ -519,8 +525,13 @@ def _conclude(
             file=sys.stderr,
         )
     if args.summary:
-        with open(args.summary, "a", encoding="utf-8") as summary:
-            summary.write(render_markdown(title, sources, judged, policy, args.ignore_file))
+        try:
+            with open(args.summary, "a", encoding="utf-8") as summary:
+                summary.write(render_markdown(title, sources, judged, policy, args.ignore_file))
+        except OSError as error:
+            raise UserError(
+                f"cannot write the summary to {args.summary}: {error.strerror}"
+            ) from None
     blocking = sum(item.blocking for item in judged)
     if blocking:
         print(
