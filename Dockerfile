@@ -31,9 +31,12 @@ ENV VIRTUAL_ENV=/opt/venv \
 WORKDIR /app
 
 # The pinned, hashed serving requirements first: this layer is reused until the lock changes.
+# pip goes once they are in: the version `venv` bundles is not in the lock, so no audit sees it,
+# and the server never installs anything. What stays is exactly the lock (docs/security.md).
 COPY models/serving/requirements.txt /app/requirements.txt
 RUN python3 -m venv /opt/venv \
-    && pip install --require-hashes --no-deps -r /app/requirements.txt
+    && pip install --require-hashes --no-deps -r /app/requirements.txt \
+    && pip uninstall --yes --quiet pip
 
 COPY models/serving/ /app/
 # The commit the image was built from, in every answer's meta.tags (the package itself holds none,

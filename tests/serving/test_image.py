@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from mlops_template.audit import canonical
 from tests.serving.checks import (
     assert_answer,
     bad_requests,
@@ -216,6 +218,28 @@ def test_the_onnx_image_has_onnxruntime_and_no_scikit_learn(
         "print(*[m for m in ('sklearn', 'scipy', 'joblib', 'onnxruntime') if u.find_spec(m)])",
     )  # fmt: skip
     assert found == "onnxruntime"
+
+
+def test_the_serving_environment_holds_exactly_the_pinned_packages(
+    engine: str, image: str, serving_package: Path
+) -> None:
+    """Everything in /opt/venv is pinned in the package's requirements: the lock audit sees it."""
+    installed = run_in_image(
+        engine, image, "python3", "-c",
+        "import importlib.metadata as m; "
+        "print(*sorted(f\"{d.metadata['Name']}=={d.version}\" for d in m.distributions()))",
+    )  # fmt: skip
+    pinned = re.findall(
+        r"^([A-Za-z0-9][\w.-]*)==([^\s;]+)",
+        (serving_package / "requirements.txt").read_text(encoding="utf-8"),
+        flags=re.MULTILINE,
+    )
+    found = {
+        (canonical(name), version) for name, version in (p.split("==") for p in installed.split())
+    }
+    expected = {(canonical(name), version) for name, version in pinned}
+    assert found == expected, found ^ expected
+    assert "pip" not in {name for name, _ in found}
 
 
 def test_image_labels_name_the_model(engine: str, image: str, serving_package: Path) -> None:
