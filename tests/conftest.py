@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -17,10 +18,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[1]
 # Everything the pipeline writes into the workspace, in git or in DVC.
 OUTPUTS = ("data/processed", "models", "metrics.json", "plots", "dvc.lock")
+
+
+# A pin in a lock or requirements file: `name==version`, before any marker or hash.
+PIN = re.compile(r"^([A-Za-z0-9._-]+)==([^\s;\\]+)", re.MULTILINE)
+
+
+def pins(lock: str) -> dict[str, str]:
+    """Canonical package name -> pinned version, for every pin in a lock file's text."""
+    return {canonicalize_name(name): version for name, version in PIN.findall(lock)}
 
 
 class JsonHandler(BaseHTTPRequestHandler):

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from tests.conftest import pins
+
 REQUIREMENTS = Path(__file__).resolve().parents[1] / "requirements"
-PIN = re.compile(r"^([A-Za-z0-9._-]+)==([^\s;\\]+)", re.MULTILINE)
-
-
-def pins(lock: str) -> dict[str, str]:
-    return {canonicalize_name(name): version for name, version in PIN.findall(lock)}
 
 
 def overrides() -> list[Requirement]:

@@ -296,7 +296,7 @@ def test_build_smoke_tests_before_pushing() -> None:
     steps = [step for _, step in workflow_steps("build-push")]
     order = [step.get("run") or step.get("uses", "").split("@")[0] for step in steps]
     smoke = order.index('scripts/smoke-test-image.sh "$IMAGE"')
-    builds = [i for i, step in enumerate(steps) if "build-push-action" in step.get("uses", "")]
+    builds = indexes_of(steps, "docker/build-push-action")
     assert len(builds) == 2
     assert steps[builds[0]]["with"].get("push") is not True
     assert steps[builds[0]]["with"]["cache-from"] == "type=gha"
@@ -347,6 +347,11 @@ def test_deploy_passes_the_kubeconfig_only_to_the_deploy_step() -> None:
 def deploy_job_steps() -> list[dict[str, Any]]:
     """The steps of the deploy workflow's deploy job, in order."""
     return load("deploy")["jobs"]["deploy"]["steps"]
+
+
+def indexes_of(steps: list[dict[str, Any]], uses: str) -> list[int]:
+    """Positions of the steps that use the action `uses`."""
+    return [i for i, step in enumerate(steps) if step.get("uses", "").startswith(f"{uses}@")]
 
 
 def index_of(steps: list[dict[str, Any]], run: str = "", uses: str = "") -> int:
@@ -556,12 +561,10 @@ def test_the_pushed_image_is_attested_and_signed_by_digest_after_the_push() -> N
         "attestations": "write",
     }
     steps = job["steps"]
-    push = max(i for i, step in enumerate(steps) if "build-push-action" in step.get("uses", ""))
+    push = max(indexes_of(steps, "docker/build-push-action"))
     sbom = index_of(steps, uses="anchore/sbom-action")
     attest_sbom = index_of(steps, uses="actions/attest-sbom")
-    provenance = [
-        i for i, step in enumerate(steps) if "attest-build-provenance" in step.get("uses", "")
-    ]
+    provenance = indexes_of(steps, "actions/attest-build-provenance")
     installer = index_of(steps, uses="sigstore/cosign-installer")
     sign = index_of(steps, run="cosign sign ")
     assert push < sbom < attest_sbom < provenance[0] < installer < sign
@@ -596,7 +599,7 @@ def test_the_lock_files_are_audited_when_they_change_and_every_week() -> None:
 def test_the_image_is_audited_and_scanned_before_it_is_pushed() -> None:
     steps = load("build-push")["jobs"]["image"]["steps"]
     audit_lock = index_of(steps, run="make audit LOCKS=requirements/serve.lock")
-    builds = [i for i, step in enumerate(steps) if "build-push-action" in step.get("uses", "")]
+    builds = indexes_of(steps, "docker/build-push-action")
     smoke = index_of(steps, run="scripts/smoke-test-image.sh")
     scan = index_of(steps, uses="anchore/scan-action")
     gate = index_of(steps, run="make audit-image")

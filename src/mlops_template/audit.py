@@ -28,12 +28,13 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from packaging.utils import canonicalize_name as canonical
 
 from mlops_template.errors import UserError
 
@@ -87,15 +88,13 @@ class IgnoreEntry:
 
 @dataclass(frozen=True)
 class Finding:
-    """A known vulnerability of one package version, from one scanned source."""
+    """A known vulnerability of one package version."""
 
-    source: str
     package: str
     version: str
     ids: tuple[str, ...]
     severity: str
     fixed_in: tuple[str, ...]
-    summary: str = ""
 
     @property
     def has_fix(self) -> bool:
@@ -128,15 +127,15 @@ class Policy:
     fail_on_unfixed: bool = False
 
 
-def canonical(name: str) -> str:
-    """A package name as PyPI compares them (PEP 503)."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def _id_order(advisory_id: str) -> tuple[int, str]:
     # CVE ids first (what people search for), then GitHub's, then the rest.
     prefix = advisory_id.split("-", 1)[0].upper()
     return ({"CVE": 0, "GHSA": 1}.get(prefix, 2), advisory_id)
+
+
+def advisory_ids(primary: str, aliases: Iterable[str]) -> tuple[str, ...]:
+    """An advisory's ids without repeats, CVE first."""
+    return tuple(sorted(dict.fromkeys([primary, *aliases]), key=_id_order))
 
 
 def _expiry(value: object, where: str, today: datetime.date) -> datetime.date:
@@ -390,16 +389,14 @@ def lock_findings(
                 "%s: %s not audited: %s", source, dependency["name"], dependency["skip_reason"]
             )
         for vuln in dependency.get("vulns", []):
-            ids = tuple(dict.fromkeys([vuln["id"], *vuln.get("aliases", [])]))
+            ids = advisory_ids(vuln["id"], vuln.get("aliases", []))
             findings.append(
                 Finding(
-                    source=source,
                     package=dependency["name"],
                     version=dependency["version"],
-                    ids=tuple(sorted(ids, key=_id_order)),
+                    ids=ids,
                     severity=severity(ids),
                     fixed_in=tuple(vuln.get("fix_versions", [])),
-                    summary=" ".join(str(vuln.get("description", "")).split())[:200],
                 )
             )
     return len(dependencies), findings
@@ -419,17 +416,14 @@ def image_findings(report: dict[str, Any]) -> tuple[str, int, list[Finding]]:
         try:
             vulnerability, artifact = match["vulnerability"], match["artifact"]
             related = [item["id"] for item in match.get("relatedVulnerabilities") or []]
-            ids = tuple(sorted(dict.fromkeys([vulnerability["id"], *related]), key=_id_order))
             fix = vulnerability.get("fix") or {}
             severity = str(vulnerability.get("severity", "")).lower()
             finding = Finding(
-                source=name or "image",
                 package=artifact["name"],
                 version=artifact["version"],
-                ids=ids,
+                ids=advisory_ids(vulnerability["id"], related),
                 severity=SEVERITY_NAMES.get(severity, UNKNOWN),
                 fixed_in=tuple(fix.get("versions") or []) if fix.get("state") == "fixed" else (),
-                summary=f"{artifact.get('type', '')} package".strip(),
             )
         except (KeyError, TypeError, AttributeError) as error:
             raise UserError(
@@ -513,12 +507,11 @@ def _conclude(
     title: str,
     sources: Sequence[str],
     judged: Sequence[Judged],
-    entries: Sequence[IgnoreEntry],
-    today: datetime.date,
+    expired: Sequence[IgnoreEntry],
+    policy: Policy,
     args: argparse.Namespace,
 ) -> int:
-    policy = Policy(args.fail_on, args.fail_on_unfixed)
-    for entry in expired_entries(entries, today):
+    for entry in expired:
         print(
             f"warning: {args.ignore_file}: {entry.label} expired on {entry.expires} and hides "
             "nothing now; upgrade, or renew it with a new reason and date",
@@ -546,26 +539,18 @@ def _conclude(
     return 0
 
 
-def run_locks(args: argparse.Namespace) -> int:
-    today = datetime.datetime.now(datetime.UTC).date()
-    entries = load_ignore(args.ignore_file, today)
+# Each target yields, per scanned source: its name, a heading line, and its findings.
+Scanned = Iterator[tuple[str, str, list[Finding]]]
+
+
+def scan_locks(args: argparse.Namespace) -> Scanned:
     osv = Osv(args.osv_api)
-    policy = Policy(args.fail_on, args.fail_on_unfixed)
-    judged_all: list[Judged] = []
     for lock in args.locks:
         count, findings = lock_findings(run_pip_audit(lock, osv), str(lock), osv.severity)
-        judged = judge(findings, entries, today, policy)
-        judged_all += judged
-        print(f"{lock}: {count} packages, {_counted(len(findings))}")
-        for line in render_text(judged):
-            print(line)
-    sources = [str(lock) for lock in args.locks]
-    return _conclude("Lock file audit", sources, judged_all, entries, today, args)
+        yield str(lock), f"{lock}: {count} packages, {_counted(len(findings))}", findings
 
 
-def run_image(args: argparse.Namespace) -> int:
-    today = datetime.datetime.now(datetime.UTC).date()
-    entries = load_ignore(args.ignore_file, today)
+def scan_image(args: argparse.Namespace) -> Scanned:
     try:
         report = json.loads(Path(args.report).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -573,11 +558,7 @@ def run_image(args: argparse.Namespace) -> int:
     except json.JSONDecodeError as error:
         raise UserError(f"{args.report} is not JSON: {error}") from None
     name, matches, findings = image_findings(report)
-    judged = judge(findings, entries, today, Policy(args.fail_on, args.fail_on_unfixed))
-    print(f"{name}: {matches} matches, {_counted(len(findings))}")
-    for line in render_text(judged):
-        print(line)
-    return _conclude("Image scan", [name], judged, entries, today, args)
+    yield name, f"{name}: {matches} matches, {_counted(len(findings))}", findings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -585,10 +566,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     locks = targets.add_parser("locks", help="audit lock files with pip-audit and OSV")
     locks.add_argument("locks", nargs="*", type=Path, default=list(LOCK_FILES), metavar="LOCK")
     locks.add_argument("--osv-api", default=OSV_API, help=f"OSV's API (default: {OSV_API})")
-    locks.set_defaults(handler=run_locks)
+    locks.set_defaults(scan=scan_locks, title="Lock file audit")
     image = targets.add_parser("image", help="judge a Grype JSON report of the image")
     image.add_argument("report", type=Path, help="Grype's JSON report (anchore/scan-action)")
-    image.set_defaults(handler=run_image)
+    image.set_defaults(scan=scan_image, title="Image scan")
     for target in (locks, image):
         target.add_argument("--ignore-file", type=Path, default=IGNORE_FILE)
         target.add_argument("--fail-on", choices=SEVERITIES, default=FAIL_ON)
@@ -601,4 +582,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return args.handler(args)
+    today = datetime.datetime.now(datetime.UTC).date()
+    entries = load_ignore(args.ignore_file, today)
+    policy = Policy(args.fail_on, args.fail_on_unfixed)
+    sources, judged_all = [], []
+    for source, heading, findings in args.scan(args):
+        judged = judge(findings, entries, today, policy)
+        print(heading)
+        for line in render_text(judged):
+            print(line)
+        sources.append(source)
+        judged_all += judged
+    expired = expired_entries(entries, today)
+    return _conclude(args.title, sources, judged_all, expired, policy, args)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from mlops_template.audit import canonical
+from tests.conftest import pins
 from tests.serving.checks import (
     assert_answer,
     bad_requests,
@@ -227,19 +226,11 @@ def test_the_serving_environment_holds_exactly_the_pinned_packages(
     installed = run_in_image(
         engine, image, "python3", "-c",
         "import importlib.metadata as m; "
-        "print(*sorted(f\"{d.metadata['Name']}=={d.version}\" for d in m.distributions()))",
+        "print(*(f\"{d.metadata['Name']}=={d.version}\" for d in m.distributions()), sep='\\n')",
     )  # fmt: skip
-    pinned = re.findall(
-        r"^([A-Za-z0-9][\w.-]*)==([^\s;]+)",
-        (serving_package / "requirements.txt").read_text(encoding="utf-8"),
-        flags=re.MULTILINE,
-    )
-    found = {
-        (canonical(name), version) for name, version in (p.split("==") for p in installed.split())
-    }
-    expected = {(canonical(name), version) for name, version in pinned}
-    assert found == expected, found ^ expected
-    assert "pip" not in {name for name, _ in found}
+    found = pins(installed)
+    assert found == pins((serving_package / "requirements.txt").read_text(encoding="utf-8"))
+    assert "pip" not in found
 
 
 def test_image_labels_name_the_model(engine: str, image: str, serving_package: Path) -> None:
