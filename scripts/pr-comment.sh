@@ -37,7 +37,8 @@ if [[ -z $path ]]; then
     comment
     path="GitHub's API, images linked to the run's artifact"
 fi
-echo "Report comment on #$number posted through $path."
+said="Report comment on #$number posted through $path."
+echo "$said"
 if [[ -n ${GITHUB_STEP_SUMMARY:-} ]]; then
-    echo "Report comment on #$number posted through $path." >>"$GITHUB_STEP_SUMMARY"
+    echo "$said" >>"$GITHUB_STEP_SUMMARY"
 fi

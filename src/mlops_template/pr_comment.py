@@ -121,18 +121,18 @@ def parse_target(repository: str, pull_request: str, head_sha: str) -> Target:
     return Target(repository, int(text), head_sha)
 
 
-def read_report(path: Path, limit: int = 1_000_000) -> str:
-    """The report as UTF-8 text of bounded size."""
+def read_text(path: Path, what: str = "the report", limit: int = 1_000_000) -> str:
+    """A file from the artifact (`what`: the report, the number file) as bounded UTF-8 text."""
     try:
         data = path.read_bytes()
     except OSError as error:
-        raise CommentError(f"cannot read the report {path}: {error.strerror}") from None
+        raise CommentError(f"cannot read {what} {path}: {error.strerror}") from None
     if len(data) > limit:
-        raise CommentError(f"the report {path} is {len(data):,} bytes, over {limit:,}")
+        raise CommentError(f"{what} {path} is {len(data):,} bytes, over {limit:,}")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise CommentError(f"the report {path} is not UTF-8 text") from None
+        raise CommentError(f"{what} {path} is not UTF-8 text") from None
 
 
 class GitHub:
@@ -172,8 +172,8 @@ class GitHub:
     def comments(self, target: Target) -> list[dict[str, Any]]:
         """Every comment on the pull request, oldest first."""
         comments: list[dict[str, Any]] = []
+        path = f"/repos/{target.repository}/issues/{target.pull_request}/comments"
         for page in range(1, 101):
-            path = f"/repos/{target.repository}/issues/{target.pull_request}/comments"
             batch = self.call("GET", f"{path}?per_page=100&page={page}")
             comments += batch
             if len(batch) < 100:
@@ -241,11 +241,9 @@ def run(args: argparse.Namespace) -> int:
             raise CommentError("GITHUB_TOKEN is not set")
         number = args.pull_request
         if args.pull_request_file is not None:
-            number = read_report(args.pull_request_file, limit=100)
+            number = read_text(args.pull_request_file, "the pull-request number file", limit=100)
         target = parse_target(args.repository, number, args.head_sha)
-        body = comment_body(
-            read_report(args.report), args.title, target.head_sha, args.artifact_url
-        )
+        body = comment_body(read_text(args.report), args.title, target.head_sha, args.artifact_url)
         github = GitHub(token, args.api_url)
         if args.check:
             check_head(github, target)
