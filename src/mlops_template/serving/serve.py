@@ -10,12 +10,14 @@ dies, which would leave a pod answering every prediction with an error while it 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib.util
 import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +30,9 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # parallelism, one per core. Extra threads per worker measured slower here, not faster: at 32
 # connections 2x4 served 0.77 of a plain Flask app's requests/s, 2x1 the same (docs/benchmarks.md).
 DEFAULTS = {
+    # The address every server of the microservice binds: loopback, so that a laptop does not put
+    # the model on its network; the image sets 0.0.0.0, which a pod needs.
+    "SERVE_HOST": "127.0.0.1",
     "GUNICORN_WORKERS": "2",
     "GUNICORN_THREADS": "1",
     "GRPC_WORKERS": "1",
@@ -41,6 +46,8 @@ RESPAWN_GRACE_SECONDS = 2.0
 # How long the count of child processes must hold still before it becomes the one to keep.
 SETTLE_SECONDS = 1.0
 POLL_SECONDS = 0.5
+# EX_CONFIG in sysexits.h: a port to serve on is taken or the address cannot be bound.
+EXIT_CANNOT_BIND = 78
 # EX_SOFTWARE in sysexits.h: the microservice lost a process of its own, so the container (or
 # `make serve`) must be restarted; distinct from the microservice's own codes and from 128+signal.
 EXIT_PROCESS_LOST = 70
@@ -72,12 +79,48 @@ def run_microservice() -> None:
     kills under load), its metrics are valid Prometheus text, and the model's own metrics (from
     prometheus_client's files in `prometheus_multiproc_dir`) are served beside Seldon's.
     """
+    import worker
     from model_metrics import ModelMetrics
     from seldon_core import microservice
 
     microservice.SeldonMetrics = ModelMetrics
+    worker.configure(os.environ.get("SERVE_HOST", DEFAULTS["SERVE_HOST"]))
     sys.argv[0] = "seldon-core-microservice"
     sys.exit(microservice.main())
+
+
+def ports(argv: list[str], environment: dict[str, str]) -> dict[str, int]:
+    """The ports the microservice will listen on, by use, as it reads them (options, then its
+    environment variables, then its defaults); gRPC only when it runs."""
+    parser = argparse.ArgumentParser(add_help=False)
+    for option, variable, default in (
+        ("--http-port", "PREDICTIVE_UNIT_HTTP_SERVICE_PORT", "9000"),
+        ("--grpc-port", "PREDICTIVE_UNIT_GRPC_SERVICE_PORT", "5000"),
+        ("--metrics-port", "PREDICTIVE_UNIT_METRICS_SERVICE_PORT", "6000"),
+        ("--grpc-workers", "GRPC_WORKERS", "1"),
+    ):
+        parser.add_argument(option, type=int, default=int(environment.get(variable, default)))
+    known, _ = parser.parse_known_args(argv)
+    chosen = {"HTTP": known.http_port, "metrics": known.metrics_port}
+    if known.grpc_workers > 0:
+        chosen["gRPC"] = known.grpc_port
+    return chosen
+
+
+def unavailable_port(host: str, chosen: dict[str, int]) -> str | None:
+    """One line naming the first port that cannot be bound on `host`, or None if all can."""
+    for use, port in chosen.items():
+        with socket.socket() as probe:
+            # As gunicorn binds: a port left in TIME_WAIT by a stopped server is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as error:
+                return (
+                    f"cannot serve {use} on {host}:{port}: {error.strerror}; stop what uses "
+                    "the port or choose another (make serve HTTP_PORT=, GRPC_PORT=, METRICS_PORT=)"
+                )
+    return None
 
 
 def reap_children() -> None:
@@ -177,11 +220,18 @@ def main(argv: list[str]) -> int:
     environment = {**DEFAULTS, **os.environ}
     grace_seconds = float(environment.get("SHUTDOWN_GRACE_SECONDS", SHUTDOWN_GRACE_SECONDS))
     workers = int(environment["GUNICORN_WORKERS"])
+    # Checked here, at once: gunicorn would retry a taken port for 5 s, and the supervisor would
+    # then report the lost server as a lost process.
+    problem = unavailable_port(environment["SERVE_HOST"], ports(argv, environment))
+    if problem:
+        logger.error("%s", problem)
+        return EXIT_CANNOT_BIND
     arguments = ["Model", "--service-type", "MODEL", *argv]
     command = microservice_command(arguments)
     logger.info(
-        "starting seldon-core-microservice %s with %s workers x %s threads",
+        "starting seldon-core-microservice %s on %s with %s workers x %s threads",
         " ".join(arguments),
+        environment["SERVE_HOST"],
         environment["GUNICORN_WORKERS"],
         environment["GUNICORN_THREADS"],
     )
