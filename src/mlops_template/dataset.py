@@ -14,9 +14,13 @@ from typing import TYPE_CHECKING, Any
 from mlops_template.errors import UserError
 from mlops_template.files import read_json
 
-# The feature kinds, re-exported: the stages take the schema vocabulary from this module.
+# Re-exported, so the stages take the schema vocabulary from this module: the feature kinds, and
+# how text is read (a missing value's spellings, the whitespace around a value that is not part
+# of it), which the server reads request values with too.
 from mlops_template.serving.contract import CATEGORICAL as CATEGORICAL
+from mlops_template.serving.contract import MISSING_VALUES as MISSING_VALUES
 from mlops_template.serving.contract import NUMERIC as NUMERIC
+from mlops_template.serving.contract import PADDING as PADDING
 
 if TYPE_CHECKING:
     import numpy as np

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -204,3 +205,121 @@ def test_rows_without_a_label_are_left_out_of_splits_and_schema(tmp_path, write_
     ]
     assert not any(split["label"].isna().any() for split in splits)
     assert "purple" not in set(pd.concat(splits)["colour"])
+
+
+# --- data read as the user wrote it, or not at all ---------------------------------------------
+
+
+def write_text_csv(tmp_path, lines: list[str], name: str = "raw.csv"):
+    """A CSV written line by line, exactly as given."""
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def messy_lines(edit=None) -> list[str]:
+    """messy_frame() as CSV lines; `edit(frame)` may change the frame first."""
+    frame = messy_frame()
+    if edit is not None:
+        edit(frame)
+    return frame.to_csv(index=False).splitlines()
+
+
+def test_text_values_lose_surrounding_spaces(tmp_path, write_params):
+    def padded(frame):
+        frame.loc[0:8, "label"] = frame.loc[0:8, "label"].map(lambda label: f" {label}")
+        frame.loc[9:17, "label"] = frame.loc[9:17, "label"].map(lambda label: f"{label}\t")
+        frame.loc[1, "colour"] = " red "
+
+    csv = write_text_csv(tmp_path, messy_lines(padded))
+    schema = process(csv, tmp_path / "processed", write_params())
+
+    assert schema["classes"] == ["ant", "bee", "cat"]
+    colour = next(f for f in schema["features"] if f["name"] == "colour")
+    assert colour["categories"] == ["blue", "green", "red"]
+    splits = pd.concat(
+        pd.read_parquet(tmp_path / "processed" / name) for name in ("train.parquet", "test.parquet")
+    )
+    assert set(splits["label"]) == {"ant", "bee", "cat"}
+
+
+def test_only_an_empty_field_and_na_are_missing(tmp_path, write_params, caplog):
+    # pandas' defaults would read all of these as missing: the class None would be dropped and
+    # the levels would be gaps in training, but unseen levels when served.
+    kept = ["None", "null", "n/a", "NaN", "nan", "#N/A", "NULL"]
+
+    def spelled(frame):
+        frame.loc[0:11, "label"] = "None"
+        frame.loc[12 : 12 + len(kept) - 1, "colour"] = kept
+
+    lines = messy_lines(spelled)
+    for row, gap in ((20, "NA"), (30, "")):  # line 0 is the header
+        lines[row + 1] = lines[row + 1].rsplit(",", 1)[0] + f",{gap}"
+    csv = write_text_csv(tmp_path, lines)
+
+    schema = process(csv, tmp_path / "processed", write_params())
+
+    assert schema["classes"] == ["None", "ant", "bee", "cat"]
+    colour = next(f for f in schema["features"] if f["name"] == "colour")
+    assert colour["categories"] == sorted(["blue", "green", "red", *kept])
+    assert schema["rows"]["train"] + schema["rows"]["test"] == 88
+    assert "dropped 2 rows with no value in 'label' (an empty field or NA)" in caplog.text
+
+
+@pytest.mark.parametrize("spelling", ["nan", "N/A", "null"])
+def test_numbers_with_gaps_spelled_otherwise_are_named(tmp_path, write_params, spelling):
+    # Before, pandas read these as missing numbers; as text they would make `weight` categorical.
+    def gaps(frame):
+        frame["weight"] = frame["weight"].astype(object)
+        frame.loc[[4, 9], "weight"] = spelling
+
+    csv = write_text_csv(tmp_path, messy_lines(gaps))
+    with pytest.raises(
+        UserError,
+        match=rf"column 'weight' holds numbers and the text '{re.escape(spelling)}' \(2 rows\); "
+        r"only an empty field or NA is missing",
+    ):
+        process(csv, tmp_path / "processed", write_params())
+
+
+def test_a_repeated_column_name_is_named(tmp_path, write_params):
+    lines = messy_lines()
+    assert lines[0] == "length,weight,colour,shape,label"
+    lines[0] = "length,colour,colour,shape,label"
+    csv = write_text_csv(tmp_path, lines)
+    for read in (lambda: read_raw(csv), lambda: process(csv, tmp_path / "out", write_params())):
+        with pytest.raises(UserError, match=r"data\.csv: .* repeats the column name 'colour'"):
+            read()
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t", "|"])
+def test_a_file_delimited_otherwise_is_read_like_a_comma_one(tmp_path, write_params, delimiter):
+    comma = write_text_csv(tmp_path, messy_lines(), "comma.csv")
+    other = write_text_csv(
+        tmp_path, [line.replace(",", delimiter) for line in messy_lines()], "other.csv"
+    )
+    expected = process(comma, tmp_path / "comma", write_params())
+
+    assert process(other, tmp_path / "other", write_params()) == expected
+    for name in ("train.parquet", "test.parquet"):
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(tmp_path / "other" / name), pd.read_parquet(tmp_path / "comma" / name)
+        )
+
+
+def test_numbers_with_gaps_written_with_spaces_stay_numbers(tmp_path, write_params):
+    # " NA" is not a number to pandas, so it reads the column as text; it is a gap all the same.
+    def padded_gaps(frame):
+        frame["weight"] = frame["weight"].astype(object)
+        frame.loc[[4, 9], "weight"] = " NA "
+
+    csv = write_text_csv(tmp_path, messy_lines(padded_gaps))
+    schema = process(csv, tmp_path / "processed", write_params())
+
+    assert {"name": "weight", "kind": "numeric"} in schema["features"]
+    splits = pd.concat(
+        pd.read_parquet(tmp_path / "processed" / name) for name in ("train.parquet", "test.parquet")
+    )
+    assert splits["weight"].dtype == "float64"
+    assert splits["weight"].isna().sum() == messy_frame()["weight"].isna().sum() + 2

@@ -37,6 +37,20 @@ NUMERIC = "numeric"
 CATEGORICAL = "categorical"
 KINDS = (NUMERIC, CATEGORICAL)
 
+# How a missing value is written, in the training CSV and in a request's text: an empty field or
+# NA (as the bundled data has it). Any other text ("None", "null", "n/a") is a value as written.
+# Surrounding whitespace is not part of a text value: " Adelie " is "Adelie", "  " is missing.
+# The process stage reads the CSV with these, the server types request values with them.
+MISSING_VALUES = ("", "NA")
+PADDING = " \t\r\n\v\f"
+
+
+def text_value(text: str) -> str | None:
+    """Text as training reads it: without surrounding whitespace, None if it spells a gap."""
+    text = text.strip(PADDING)
+    return None if text in MISSING_VALUES else text
+
+
 # Library versions recorded at training time (with Python's major.minor); the server refuses to
 # unpickle the model under another scikit-learn.
 VERSIONED_LIBRARIES = ("scikit-learn", "numpy", "pandas", "joblib", "onnxruntime")

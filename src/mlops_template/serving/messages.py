@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from contract import PackageMetadata
+from contract import PackageMetadata, text_value
 from flask.json.provider import DefaultJSONProvider
 from seldon_core.flask_utils import SeldonMicroserviceException
 
@@ -355,7 +355,8 @@ PLAIN_NUMBER_TYPES = frozenset({int, float, type(None)})
 
 
 def numeric_column(values: list[Any], name: str) -> np.ndarray:
-    """Numbers (or numeric text) as float64, null as NaN; anything else named by row."""
+    """Numbers (or numeric text) as float64, null (or text that spells a gap) as NaN; anything
+    else named by row."""
     if not set(map(type, values)) <= PLAIN_NUMBER_TYPES:
         for row, value in enumerate(values):
             # Checked first: numpy would read true as 1.0 and a one-element list as its element.
@@ -363,6 +364,8 @@ def numeric_column(values: list[Any], name: str) -> np.ndarray:
                 raise BadRequest(
                     f"feature {name!r} must be a number or null, row {row} has {show(value)}"
                 )
+        # "NA" or "" is missing, as it is in the training CSV.
+        values = [None if isinstance(v, str) and text_value(v) is None else v for v in values]
     try:
         column = np.array(values, dtype=np.float64)
     except (TypeError, ValueError, OverflowError):
@@ -385,17 +388,20 @@ def numeric_column(values: list[Any], name: str) -> np.ndarray:
 
 
 def categorical_column(values: list[Any], name: str) -> np.ndarray:
-    """Text as it is, numbers and booleans as their text, null (or NaN) as missing."""
+    """Text as training reads it (contract.text_value: no surrounding whitespace, a missing
+    spelling as missing), numbers and booleans as their text, null (or NaN) as missing."""
     column = np.empty(len(values), dtype=object)
     kinds = set(map(type, values))
-    if kinds <= PLAIN_TEXT_TYPES:  # the usual column: no value needs a look of its own
-        column[:] = values
-        if type(None) in kinds:
-            column[np.equal(column, None)] = np.nan
+    if kinds <= PLAIN_TEXT_TYPES:  # the usual column: no value needs a look of its own type
+        column[:] = [
+            np.nan if value is None or (text := text_value(value)) is None else text
+            for value in values
+        ]
         return column
     for row, value in enumerate(values):
         if isinstance(value, str):
-            column[row] = value
+            text = text_value(value)
+            column[row] = np.nan if text is None else text
         elif value is None or (isinstance(value, float) and math.isnan(value)):
             column[row] = np.nan
         elif isinstance(value, bool | int | float):

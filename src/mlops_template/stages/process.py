@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 from mlops_template.dataset import (
     CATEGORICAL,
     CHUNK_ROWS,
+    MISSING_VALUES,
     NUMERIC,
+    PADDING,
     SCHEMA_FILE,
     TEST_FILE,
     TRAIN_FILE,
@@ -42,6 +45,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# The delimiters a CSV may use: the first that splits its first lines into the most columns, the
+# same number on each line, is the file's; a comma when none does.
+DELIMITERS = ",;\t|"
+SNIFFED_LINES = 5
+# What pandas reads as missing by default (read_csv's `na_values`). Only an empty field or NA is
+# missing here (contract.MISSING_VALUES); in a column of numbers, these are gaps spelled otherwise.
+PANDAS_GAPS = frozenset(
+    {
+        "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+        "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+    }
+)  # fmt: skip
+
 
 @contextlib.contextmanager
 def csv_errors(path: Path) -> Iterator[None]:
@@ -52,7 +68,7 @@ def csv_errors(path: Path) -> Iterator[None]:
         yield
     except pd.errors.EmptyDataError:
         raise UserError(f"data.csv: {path} is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+    except (pd.errors.ParserError, UnicodeDecodeError, csv.Error) as error:
         first_line = str(error).strip().splitlines()[0]
         raise UserError(f"data.csv: {path} is not a readable CSV: {first_line}") from None
 
@@ -61,11 +77,34 @@ def read_columns(path: Path) -> list[str]:
     """The CSV's column names (its header row)."""
     import pandas as pd
 
+    delimiter = sniff_delimiter(path)
+    with csv_errors(path):
+        return [str(name) for name in pd.read_csv(path, nrows=0, sep=delimiter).columns]
+
+
+def sniff_delimiter(path: Path) -> str:
+    """The CSV's delimiter (DELIMITERS), once the file is found and its header names each column
+    once (pandas would rename a repeated name silently, `colour` to `colour.1`)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"data.csv: file not found: {path}")
-    with csv_errors(path):
-        return [str(name) for name in pd.read_csv(path, nrows=0).columns]
+    with csv_errors(path), open(path, encoding="utf-8-sig", newline="") as handle:
+        lines = [handle.readline(1_000_000) for _ in range(SNIFFED_LINES)]
+        lines = [line for line in lines if line.strip()]
+        widths = {d: {len(row) for row in csv.reader(lines, delimiter=d)} for d in DELIMITERS}
+        even = [d for d, seen in widths.items() if len(seen) == 1 and seen != {1}]
+        delimiter = max(even, key=lambda d: min(widths[d]), default=",")
+        names = next(csv.reader(lines[:1], delimiter=delimiter), [])
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise UserError(
+            f"data.csv: {path} repeats the column name "
+            + ", ".join(f"'{name}'" for name in repeated)
+            + "; give each column a name of its own"
+        )
+    if delimiter != ",":
+        log.info("%s is delimited by %r", path, delimiter)
+    return delimiter
 
 
 def read_raw(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
@@ -73,21 +112,26 @@ def read_raw(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
     UserError that names it.
 
     Types are inferred as pandas infers them. A column read as numbers in some chunks and as text
-    in others is read again as text, so its values keep the spelling they have in the file.
+    in others is read again as text, so its values keep the spelling they have in the file. Only
+    MISSING_VALUES are missing, and text loses surrounding whitespace (chunk_table).
     """
     import pandas as pd
     import pyarrow as pa
 
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"data.csv: file not found: {path}")
+    delimiter = sniff_delimiter(path)
     text: list[str] = []
     while True:
         with csv_errors(path):
             chunks = [
                 chunk_table(chunk)
                 for chunk in pd.read_csv(
-                    path, chunksize=CHUNK_ROWS, usecols=columns, dtype=dict.fromkeys(text, str)
+                    path,
+                    sep=delimiter,
+                    chunksize=CHUNK_ROWS,
+                    usecols=columns,
+                    dtype=dict.fromkeys(text, str),
+                    keep_default_na=False,
+                    na_values=list(MISSING_VALUES),
                 )
             ]
         mixed = mixed_columns(chunks)
@@ -107,8 +151,9 @@ def read_raw(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
 def chunk_table(chunk: pd.DataFrame) -> Any:
     """One parsed chunk as Arrow columns that own their memory (the chunk can be freed at once).
 
-    Object columns become strings (True/False with gaps stay booleans, as pandas reads them);
-    NaN stays a float value, so a column without text converts back to pandas as one copy.
+    Object columns become strings (True/False with gaps stay booleans, as pandas reads them),
+    read as contract.text_value reads text; NaN stays a float value, so a column without text
+    converts back to pandas as one copy.
     """
     import numpy as np
     import pyarrow as pa
@@ -123,8 +168,24 @@ def chunk_table(chunk: pd.DataFrame) -> Any:
         if isinstance(column.dtype, np.dtype) and column.dtype != object:
             arrays.append(pa.array(column.to_numpy(copy=True), from_pandas=False))
         else:
-            arrays.append(pa.array(column, from_pandas=True))
+            arrays.append(text_values(pa.array(column, from_pandas=True)))
     return pa.Table.from_arrays(arrays, names=[str(name) for name in chunk.columns])
+
+
+def text_values(array: Any) -> Any:
+    """An Arrow text array without surrounding whitespace, a value spelled as missing made
+    missing: contract.text_value at Arrow's speed. Other arrays (booleans) are returned as they are.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+        return array
+    trimmed = pc.utf8_trim(array, characters=PADDING)
+    gaps = pc.is_in(trimmed, value_set=pa.array(MISSING_VALUES, type=trimmed.type))
+    if not pc.any(gaps).as_py():
+        return trimmed
+    return pc.if_else(gaps, pa.scalar(None, trimmed.type), trimmed)
 
 
 def chunk_types(chunks: list[Any], name: str) -> set[Any]:
@@ -182,8 +243,13 @@ def labelled_rows(frame: pd.DataFrame, target: str, params: ProcessParams) -> pd
     present = frame[target].notna()
     labelled = frame if present.all() else frame[present]  # no copy of a complete frame
     if len(labelled) < len(frame):
-        log.warning("dropped %d rows with no value in '%s'", len(frame) - len(labelled), target)
-    counts = label_strings(labelled[target]).value_counts()
+        log.warning(
+            "dropped %d rows with no value in '%s' (%s)",
+            len(frame) - len(labelled), target, missing_spellings(),
+        )  # fmt: skip
+    labels = label_strings(labelled[target])
+    counts = labels.value_counts()
+    numeric_text(target, labels, counts.index.tolist())
     if len(counts) < 2:
         raise UserError(
             f"data.target: column '{target}' needs at least two classes, found {len(counts)}"
@@ -200,6 +266,34 @@ def labelled_rows(frame: pd.DataFrame, target: str, params: ProcessParams) -> pd
     return labelled
 
 
+def missing_spellings() -> str:
+    """MISSING_VALUES as a message names them: "an empty field or NA"."""
+    names = ["an empty field" if value == "" else value for value in MISSING_VALUES]
+    return " or ".join(names)
+
+
+def numeric_text(name: str, column: pd.Series, levels: list[str]) -> bool:
+    """True if every level of a text column is a number (it was text only because a gap had
+    whitespace around it). A column of numbers whose gaps are spelled otherwise (nan, N/A) stops
+    the stage: read as text, it would be a categorical feature of numbers."""
+    import pandas as pd
+
+    others = []
+    # The first levels decide most columns (names, codes) without parsing every level.
+    for sample in (levels[:100], levels):
+        text = pd.Series(sample, dtype=object)
+        others = text[pd.to_numeric(text, errors="coerce").isna()].tolist()
+        if not set(others) <= PANDAS_GAPS or len(others) == len(sample):
+            return False
+    if others:
+        raise UserError(
+            f"data.csv: column '{name}' holds numbers and the text '{others[0]}' "
+            f"({int((column == others[0]).sum())} rows); only {missing_spellings()} is missing: "
+            "write the gaps that way"
+        )
+    return True
+
+
 def infer_schema(
     frame: pd.DataFrame, target: str, rows: np.ndarray | None = None
 ) -> dict[str, Any]:
@@ -214,9 +308,12 @@ def infer_schema(
         column = frame[name]
         if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
             features.append({"name": str(name), "kind": NUMERIC})
+            continue
+        column = column if rows is None else column.take(rows)
+        levels = sorted(column.dropna().astype(str).unique().tolist())
+        if numeric_text(name, column, levels):  # the splits are written as numbers
+            features.append({"name": str(name), "kind": NUMERIC})
         else:
-            column = column if rows is None else column.take(rows)
-            levels = sorted(column.dropna().astype(str).unique().tolist())
             features.append({"name": str(name), "kind": CATEGORICAL, "categories": levels})
     labels = frame[target] if rows is None else frame[target].take(rows)
     classes = sorted(label_strings(labels).unique().tolist())
