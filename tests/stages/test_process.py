@@ -225,6 +225,23 @@ def messy_lines(edit=None) -> list[str]:
     return frame.to_csv(index=False).splitlines()
 
 
+@pytest.mark.parametrize(("test_size", "side"), [(0.25, "test"), (0.9, "train")])
+def test_a_class_the_split_leaves_off_one_side_is_named(tmp_path, write_params, test_size, side):
+    # Two rows are enough for the old count check, but the allocation gives both to one side.
+    def two_dodos(frame):
+        frame.loc[[0, 3], "label"] = "dodo"
+
+    csv = write_text_csv(tmp_path, messy_lines(two_dodos))
+    params = write_params(process={"test_size": test_size, "random_state": 7})
+    with pytest.raises(
+        UserError,
+        match=rf"class 'dodo' has 2 rows, too few to split with process\.test_size={test_size}: "
+        rf"the split puts none in {side}",
+    ):
+        process(csv, tmp_path / "processed", params)
+    assert not (tmp_path / "processed").exists()
+
+
 def test_text_values_lose_surrounding_spaces(tmp_path, write_params):
     def padded(frame):
         frame.loc[0:8, "label"] = frame.loc[0:8, "label"].map(lambda label: f" {label}")

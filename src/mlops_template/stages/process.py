@@ -254,7 +254,7 @@ def labelled_rows(frame: pd.DataFrame, target: str, params: ProcessParams) -> pd
         raise UserError(
             f"data.target: column '{target}' needs at least two classes, found {len(counts)}"
         )
-    # A stratified split puts at least one row of every class on each side.
+    # Without these, the splitter itself would fail; split() checks where each class went.
     n_test = -(-len(labelled) * params.test_size // 1)
     smallest = counts.idxmin()
     if counts.min() < 2 or n_test < len(counts) or len(labelled) - n_test < len(counts):
@@ -330,12 +330,33 @@ def split(frame: pd.DataFrame, target: str, params: ProcessParams) -> tuple[Any,
     # Class codes in sorted order split exactly as the label strings would, without a Python
     # string per row; the splitter needs only the number of rows, not a copy of them. This is
     # what train_test_split(frame, stratify=labels) does, less its copies.
-    codes = pd.factorize(label_strings(frame[target]), sort=True)[0]
+    codes, classes = pd.factorize(label_strings(frame[target]), sort=True)
     splitter = StratifiedShuffleSplit(
         n_splits=1, test_size=params.test_size, random_state=params.random_state
     )
     train, test = next(splitter.split(np.empty((len(frame), 0)), codes))
+    check_both_sides(codes, classes, train, test, params)
     return train, test
+
+
+def check_both_sides(
+    codes: np.ndarray, classes: Any, train: np.ndarray, test: np.ndarray, params: ProcessParams
+) -> None:
+    """Every class has rows in train and in test: the splitter rounds each class's share, so a
+    rare class (two rows, a quarter held out) can land on one side only."""
+    import numpy as np
+
+    counts = np.bincount(codes, minlength=len(classes))
+    for side, rows, fix in (("test", test, "raise"), ("train", train, "lower")):
+        absent = np.flatnonzero(np.bincount(codes[rows], minlength=len(classes)) == 0)
+        if absent.size:
+            rarest = absent[np.argmin(counts[absent])]
+            others = f" (and {absent.size - 1} more classes)" if absent.size > 1 else ""
+            raise UserError(
+                f"data.target: class '{classes[rarest]}' has {counts[rarest]} rows, too few to "
+                f"split with process.test_size={params.test_size}: the split puts none in "
+                f"{side}{others}; add rows, merge rare classes or {fix} process.test_size"
+            )
 
 
 def process(csv: Path, out_dir: Path, params_path: Path = DEFAULT_PARAMS) -> dict[str, Any]:
