@@ -21,16 +21,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import messages
 import model_metrics
 import numpy as np
+import seldon_core.wrapper
 from contract import MODEL_FILE, ONNX, ONNX_FILE, ContractError, PackageMetadata
 from flask import Blueprint, Response, g, jsonify, request
+from google.protobuf import json_format
 from messages import BadRequest
 from seldon_core.flask_utils import SeldonMicroserviceException
 from seldon_core.proto import prediction_pb2
-from seldon_core.user_model import SeldonNotImplementedError, SeldonResponse
-from seldon_core.utils import construct_response_json
+from seldon_core.utils import construct_response, construct_response_json
 from werkzeug.exceptions import HTTPException, NotFound, RequestEntityTooLarge
 from werkzeug.http import HTTP_STATUS_CODES
 
@@ -234,6 +236,26 @@ class FastPredictions:
         return [data]
 
 
+class GrpcPredictions(seldon_core.wrapper.SeldonModelGRPC):
+    """Seldon's gRPC servicer, answering a client's error with `INVALID_ARGUMENT` and its message.
+
+    Seldon's own lets every exception through to grpc, which logs a traceback and answers
+    `UNKNOWN` ("Exception calling application: ..."). A 4xx `SeldonMicroserviceException` (a
+    `BadRequest`) is the client's to fix: it is logged on one line, as the REST route logs it, and
+    its message is the call's details. Anything else is still the server's error.
+    """
+
+    def Predict(self, request: prediction_pb2.SeldonMessage, context: grpc.ServicerContext) -> Any:
+        """Seldon's `Predict`, a client error aborting the call instead of failing it."""
+        try:
+            return super().Predict(request, context)
+        except SeldonMicroserviceException as error:
+            if error.status_code >= 500:
+                raise
+            logger.error("%s", error.to_dict())
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, error.message)
+
+
 class Model:
     """Serves `predict_proba` of the packaged pipeline, each request checked against its schema."""
 
@@ -253,6 +275,10 @@ class Model:
         self.git_commit = "" if commit == "unknown" else commit
         self.recorder = model_metrics.Recorder(self.metadata)
         self.model_error_handler = self._http_checks()
+        # Seldon takes a hook for its REST app's errors (above) and none for gRPC's: its
+        # get_grpc_server builds the servicer from this name, after this constructor runs and
+        # before the gRPC processes fork (with serve.py or seldon-core-microservice alike).
+        seldon_core.wrapper.SeldonModelGRPC = GrpcPredictions
         logger.info(
             "loaded %s (sha256 %s), %d features, classes %s, at most %d rows per request",
             self.metadata.estimator,
@@ -351,14 +377,19 @@ class Model:
     # --- the Seldon component API -----------------------------------------------------------
 
     def predict_raw(self, message: Any) -> Any:
-        """Answer a REST message from its raw JSON, so Seldon's own parsing never sees it.
+        """Answer a message from its raw form, so Seldon's own parsing never sees it.
 
-        The answer is built by Seldon's `construct_response_json`, as for `predict()`: the same
-        format, class names and tags. gRPC messages (typed protos) go the usual way to
-        `predict()`.
+        A REST message is its decoded JSON; a gRPC one (a `SeldonMessage`) is read as its JSON
+        form, so both are checked by the same code and a bad one gets the same message. The
+        answer is built by Seldon's `construct_response_json` or `construct_response`, as Seldon
+        builds it for a model's `predict()`: the same format, class names and tags. The metrics
+        (per class, per feature) are recorded by `answer`, in this process's prometheus_client
+        files, rather than returned as Seldon runtime metrics, which cost round trips to Seldon's
+        metrics process.
         """
         if isinstance(message, prediction_pb2.SeldonMessage):
-            raise SeldonNotImplementedError("gRPC messages are parsed by Seldon")
+            columns = messages.parse_message(json_format.MessageToDict(message), self.metadata)
+            return construct_response(self, False, message, self.answer(columns), columns.echo)
         columns = messages.parse_message(message, self.metadata)
         probabilities = self.answer(columns)
         shape = {"tensor": {}} if columns.kind == "tensor" else {}
@@ -369,17 +400,6 @@ class Model:
             probabilities,
             {"tags": columns.echo.get("tags", {})},
         )
-
-    def predict(self, X: Any, features_names: Any, meta: dict | None = None) -> SeldonResponse:
-        """Class probabilities, one row per request row, columns in `class_names()` order.
-
-        REST requests are answered by `predict_raw`; this serves gRPC. The metrics (per class,
-        per feature) are recorded by `answer`, in this process's prometheus_client files, rather
-        than returned as Seldon runtime metrics, which cost round trips to Seldon's metrics
-        process.
-        """
-        columns = messages.array_columns(X, list(features_names or []), self.metadata)
-        return SeldonResponse(self.answer(columns), None, [])
 
     def answer(self, columns: messages.Columns) -> np.ndarray:
         """The probabilities for a request's checked columns, its rows and inputs recorded."""

@@ -2,8 +2,9 @@
 
 Every way a request can be wrong becomes a `BadRequest` (HTTP 400 `MICROSERVICE_BAD_DATA`) that
 names the row and feature, or the problem with the body, before the model sees anything. REST
-bodies are read here from the raw JSON, so none reaches the parts of Seldon's own parsing that
-answer a malformed request with HTTP 500 (numpy's "inhomogeneous shape", a RecursionError).
+bodies are read here from the raw JSON, and gRPC messages from their JSON form, so none reaches
+the parts of Seldon's own parsing that answer a malformed request with HTTP 500 (numpy's
+"inhomogeneous shape", a RecursionError).
 
 Runs in the serving environment (copied into the package beside `Model.py`).
 """
@@ -307,26 +308,6 @@ def check_rows(n_rows: int, metadata: PackageMetadata) -> None:
             f"the request has {n_rows} rows; at most {metadata.max_batch_rows} are allowed "
             "per request (max_batch_rows): split the batch"
         )
-
-
-def array_columns(X: Any, names: list[str], metadata: PackageMetadata) -> Columns:
-    """The rows Seldon extracted from a gRPC message (an array, or jsonData records)."""
-    if isinstance(X, list | dict):
-        columns = records_columns(X, metadata)
-    elif not isinstance(X, np.ndarray):
-        raise BadRequest(f"expected rows of feature values ({ROW_FORMS}), got {type(X).__name__}")
-    elif X.size == 0:
-        raise BadRequest("the request has no rows; send at least one row of feature values")
-    elif X.ndim != 2:
-        raise BadRequest(
-            f"expected a list of rows (2-D), got {X.ndim}-D data; "
-            "wrap a single row in a list: [[v1, v2, ...]]"
-        )
-    else:
-        names = [str(name) for name in names]
-        columns = Columns(rows_by_name(X.tolist(), names, metadata), X.shape[0])
-    check_rows(columns.n_rows, metadata)
-    return columns
 
 
 # --- the model's input ----------------------------------------------------------------------------
