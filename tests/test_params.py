@@ -130,3 +130,15 @@ def test_cores_and_importance_sample_default_when_absent():
         raw["train"].pop(key, None)
     params = train_params(raw)
     assert (params.n_jobs, params.importance_rows) == (-1, 2000)
+
+
+@pytest.mark.parametrize("path", ['data/raw/"penguins".csv', "data/$HOME.csv", "data\\raw.csv"])
+def test_a_csv_path_a_shell_would_change_is_rejected(path):
+    with pytest.raises(UserError, match=r"params\.yaml: data\.csv must not contain .*rename"):
+        data_params(params_dict(data={"csv": path}))
+
+
+def test_a_csv_path_with_spaces_and_single_quotes_is_fine():
+    assert data_params(params_dict(data={"csv": "data/raw/Jo's pen guins.csv"})).csv.endswith(
+        "Jo's pen guins.csv"
+    )

@@ -23,6 +23,10 @@ ESTIMATORS: dict[str, str] = {
 }
 
 
+# What a path cannot hold inside the double quotes of a shell command: they would end or expand.
+SHELL_SPECIAL = '"$`\\'
+
+
 @dataclass(frozen=True)
 class DataParams:
     """Where the raw data is and which column to predict."""
@@ -123,6 +127,13 @@ def data_params(raw: dict[str, Any]) -> DataParams:
     """Validate the `data` section."""
     section = _section(raw, "data")
     csv = _get(section, "data", "csv", str)
+    # dvc.yaml passes the path to the stage command in double quotes, through a shell.
+    special = sorted({character for character in csv if character in SHELL_SPECIAL})
+    if special:
+        raise UserError(
+            f"params.yaml: data.csv must not contain {' '.join(special)} (the process stage's "
+            f"command quotes the path for a shell), got {csv!r}; rename the file"
+        )
     target = _get(section, "data", "target", str)
     if not target.strip():
         raise UserError("params.yaml: data.target must name a column")

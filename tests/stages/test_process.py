@@ -8,12 +8,13 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from mlops_template.errors import UserError
 from mlops_template.params import ProcessParams
 from mlops_template.stages.process import infer_schema, process, read_raw, split, validate
 
-from ..conftest import messy_frame
+from ..conftest import clone_repository, messy_frame, sh
 
 PARAMS = ProcessParams(test_size=0.25, random_state=7)
 
@@ -340,3 +341,19 @@ def test_numbers_with_gaps_written_with_spaces_stay_numbers(tmp_path, write_para
     )
     assert splits["weight"].dtype == "float64"
     assert splits["weight"].isna().sum() == messy_frame()["weight"].isna().sum() + 2
+
+
+@pytest.mark.slow
+def test_the_stage_command_takes_a_csv_path_with_spaces_and_quotes(tmp_path):
+    """dvc.yaml's command runs through a shell: the path must reach the stage as one argument."""
+    clone = clone_repository(tmp_path / "repo")
+    path = "data/raw/Jo's pen guins.csv"
+    (clone / "data/raw/penguins.csv").rename(clone / path)
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params["data"]["csv"] = path
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    sh("dvc", "repro", "process", cwd=clone)
+
+    schema = json.loads((clone / "data/processed/schema.json").read_text())
+    assert schema["rows"] == {"train": 258, "test": 86}
