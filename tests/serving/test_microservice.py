@@ -169,7 +169,7 @@ def test_a_body_over_the_size_limit_is_413_unread(server: Server, serving_packag
         ("PUT", "/api/v1.0/predictions", 405),
         ("POST", "/transform-input", 404),  # a transformer's route, not a model's
         ("POST", "/route", 404),
-        ("GET", "/api/v1.0/predictions", 404),  # Seldon serves static files at GET /<path>
+        ("GET", "/api/v1.0/predictions", 405),  # not the static files Seldon serves at GET
     ],
 )
 def test_wrong_routes_and_methods_get_their_own_4xx(

@@ -27,13 +27,13 @@ import model_metrics
 import numpy as np
 import seldon_core.wrapper
 from contract import MODEL_FILE, ONNX, ONNX_FILE, ContractError, PackageMetadata
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from google.protobuf import json_format
 from messages import BadRequest
 from seldon_core.flask_utils import SeldonMicroserviceException
 from seldon_core.proto import prediction_pb2
 from seldon_core.utils import construct_response, construct_response_json
-from werkzeug.exceptions import HTTPException, NotFound, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 from werkzeug.http import HTTP_STATUS_CODES
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,8 @@ FEEDBACK_ENDPOINT = "SendFeedback"
 # Seldon serves these on every component; they belong to transformers, routers and combiners, and
 # for a model they would only run Seldon's own parsing of the body (HTTP 500 on a malformed one).
 OTHER_COMPONENT_ENDPOINTS = frozenset({"TransformInput", "TransformOutput", "Route", "Aggregate"})
+# Seldon's app serves files at GET /<path>, so a GET to a POST-only route reaches this one.
+STATIC_ENDPOINT = "static"
 # Set in the image from the commit it was built from (Dockerfile); absent when serving locally.
 GIT_COMMIT_VARIABLE = "GIT_COMMIT"
 # Seldon's setting for handing the raw body to the model undecoded; the fast path then steps aside.
@@ -309,7 +311,7 @@ class Model:
 
         @checks.before_app_request
         def start_clock() -> None:
-            if request.endpoint == PREDICT_ENDPOINT:
+            if request.endpoint == PREDICT_ENDPOINT and request.method != "OPTIONS":
                 g.arrived = time.perf_counter()
 
         @checks.after_app_request
@@ -321,6 +323,23 @@ class Model:
             return response
 
         @checks.before_app_request
+        def check_method() -> None:
+            # Routing answers 405 itself, except for GET and HEAD, which the static route takes.
+            if request.endpoint != STATIC_ENDPOINT:
+                return
+            routes = [
+                rule
+                for rule in current_app.url_map.iter_rules()
+                if rule.rule == request.path and rule.endpoint != STATIC_ENDPOINT
+            ]
+            methods = sorted({method for rule in routes for method in rule.methods or ()})
+            if methods:
+                sent = " or ".join(method for method in methods if method != "OPTIONS")
+                raise MethodNotAllowed(
+                    methods, f"{request.method} is not allowed on {request.path}; send {sent}"
+                )
+
+        @checks.before_app_request
         def check_body() -> None:
             if request.endpoint in OTHER_COMPONENT_ENDPOINTS:
                 raise NotFound(
@@ -329,6 +348,8 @@ class Model:
                 )
             if request.endpoint not in (PREDICT_ENDPOINT, FEEDBACK_ENDPOINT):
                 return  # not a prediction or feedback (or a 404/405 about to be answered)
+            if request.method == "OPTIONS":
+                return  # a CORS preflight, which has no body: Flask and flask-cors answer it
             # Checked before anything reads the body (Flask's own limit would read it all first).
             if (request.content_length or 0) > body_limit:
                 raise RequestEntityTooLarge(
@@ -370,6 +391,10 @@ class Model:
             )
             response = jsonify(answer.to_dict())
             response.status_code = error.code or 500
+            # The error's own headers but its HTML Content-Type (a 405's Allow, for one).
+            response.headers.extend(
+                (name, value) for name, value in error.get_headers() if name != "Content-Type"
+            )
             return response
 
         return checks
