@@ -23,6 +23,7 @@ ENV VIRTUAL_ENV=/opt/venv \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
+    SERVE_HOST=0.0.0.0 \
     GUNICORN_WORKERS=2 \
     GUNICORN_THREADS=1 \
     GRPC_WORKERS=1 \
@@ -47,7 +48,8 @@ ENV GIT_COMMIT=${GIT_COMMIT}
 RUN chmod -R a+rX /app && python3 -m compileall -q /app
 
 USER 10001:10001
-# REST, gRPC, Prometheus metrics (Seldon's defaults; the operator sets them through the environment).
+# REST, gRPC, Prometheus metrics (Seldon's defaults; the operator sets them through the environment),
+# on every interface of the pod (SERVE_HOST above; `make serve` binds 127.0.0.1).
 EXPOSE 9000 5000 6000
 # serve.py forwards SIGTERM to every process of the microservice and waits for them.
 STOPSIGNAL SIGTERM

@@ -57,8 +57,8 @@ test-fast: setup ## Run the tests not marked slow (no real pipeline run, server 
 	env -u MLFLOW_TRACKING_URI $(BIN)/pytest -m "not slow"
 
 .PHONY: mlflow-ui
-mlflow-ui: setup ## Browse the local MLflow store at http://127.0.0.1:5000
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+mlflow-ui: setup ## Browse the local MLflow store at http://127.0.0.1:5001 (MLFLOW_UI_PORT=...: another port)
+	$(BIN)/mlops ui
 
 .PHONY: bench-pipeline
 bench-pipeline: setup ## Time dvc repro (bundled data) and each stage on 1M synthetic rows against bare scripts
@@ -166,9 +166,11 @@ IMAGE ?= localhost/mlops-template-model:latest
 HTTP_PORT ?= 9000
 GRPC_PORT ?= 5000
 METRICS_PORT ?= 6000
+# The address `make serve` binds: loopback; SERVE_HOST=0.0.0.0 puts the model on every interface.
+export SERVE_HOST ?= 127.0.0.1
 
 .PHONY: serve
-serve: $(SERVE_VENV)/.synced ## Serve models/serving like the image does (HTTP 9000, gRPC 5000, metrics 6000)
+serve: $(SERVE_VENV)/.synced ## Serve models/serving like the image does, on 127.0.0.1 (HTTP 9000, gRPC 5000, metrics 6000; SERVE_HOST=0.0.0.0: all interfaces)
 	@test -f $(PACKAGE)/serve.py || { echo "error: $(PACKAGE) not found: run 'make run' first" >&2; exit 2; }
 	$(SERVE_VENV)/bin/python $(PACKAGE)/serve.py --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("mlops_template.remote", "pull or push DVC-tracked files with the default remote"),
     "stack": ("mlops_template.stack", "a local S3 endpoint and MLflow server on 127.0.0.1"),
     "register": ("mlops_template.registry", "register the pipeline's model version in MLflow"),
+    "ui": ("mlops_template.ui", "MLflow's UI on the local store, on 127.0.0.1"),
     "monitoring": ("mlops_template.monitoring", "write the Grafana dashboard and the alert rules"),
     "monitor": ("mlops_template.prometheus", "run a local Prometheus scraping `make serve`"),
     "load-test": ("mlops_template.loadtest", "run the Locust scenario against a model server"),

@@ -1,7 +1,7 @@
 """Local servers on 127.0.0.1, each in a process group of its own and stopped by it.
 
-Shared by `mlops stack` (S3 and MLflow), `mlops deploy --load-test` (its port-forward) and the
-tests and benchmarks that start real servers.
+Shared by `mlops stack` (S3 and MLflow), `mlops ui`, `mlops deploy --load-test` (its
+port-forward) and the tests and benchmarks that start real servers.
 """
 
 from __future__ import annotations
@@ -27,6 +27,23 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind((HOST, 0))
         return probe.getsockname()[1]
+
+
+def port_from(variable: str, default: int) -> int:
+    """A port from the environment, or the documented default; UserError if it is taken."""
+    text = os.environ.get(variable, str(default))
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise UserError(f"{variable} must be a TCP port number, got {text!r}")
+    port = int(text)
+    with socket.socket() as probe:
+        try:
+            probe.bind((HOST, port))
+        except OSError:
+            raise UserError(
+                f"port {port} on {HOST} is in use: stop what listens there, or choose another "
+                f"with {variable}=PORT"
+            ) from None
+    return port
 
 
 def start(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -25,6 +25,9 @@ HOST = "127.0.0.1"
 DEFAULT_DIR = Path(".monitor")
 CONFIG_FILE = "prometheus.yml"
 
+# Prometheus' own port, as its documentation and `make monitor` give it.
+DEFAULT_PORT = 9090
+
 
 def configuration(metrics_port: int, scrape_seconds: float) -> dict[str, Any]:
     """A Prometheus configuration scraping the model server's metrics port on 127.0.0.1."""
@@ -83,7 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics-port", type=int, default=6000, help="the model server's (default: 6000)"
     )
-    parser.add_argument("--port", type=int, default=9090, help="Prometheus' own (default: 9090)")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="Prometheus' own (default: %(default)s)"
+    )
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="configuration and data")
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file")
 

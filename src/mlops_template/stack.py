@@ -17,14 +17,13 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mlops_template.errors import UserError
-from mlops_template.processes import HOST, running, start, stop, wait_until_answers
+from mlops_template.processes import HOST, port_from, running, start, stop, wait_until_answers
 
 logger = logging.getLogger(__name__)
 
@@ -110,23 +109,6 @@ class State:
             credentials=Credentials(**data["credentials"]),
             bucket=data["bucket"],
         )
-
-
-def port_from(variable: str, default: int) -> int:
-    """A port from the environment, or the documented default; UserError if it is taken."""
-    text = os.environ.get(variable, str(default))
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise UserError(f"{variable} must be a TCP port number, got {text!r}")
-    port = int(text)
-    with socket.socket() as probe:
-        try:
-            probe.bind((HOST, port))
-        except OSError:
-            raise UserError(
-                f"port {port} on {HOST} is in use: stop what listens there, or choose another "
-                f"with {variable}=PORT"
-            ) from None
-    return port
 
 
 def tool(name: str) -> str:

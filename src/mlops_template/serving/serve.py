@@ -218,6 +218,8 @@ def main(argv: list[str]) -> int:
         level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s: %(message)s"
     )
     environment = {**DEFAULTS, **os.environ}
+    # An empty SERVE_HOST would bind every interface: only an explicit 0.0.0.0 does that.
+    environment["SERVE_HOST"] = environment["SERVE_HOST"] or DEFAULTS["SERVE_HOST"]
     grace_seconds = float(environment.get("SHUTDOWN_GRACE_SECONDS", SHUTDOWN_GRACE_SECONDS))
     workers = int(environment["GUNICORN_WORKERS"])
     # Checked here, at once: gunicorn would retry a taken port for 5 s, and the supervisor would
