@@ -1,21 +1,28 @@
-"""HTTP on the prediction routes beyond the message: CORS preflights and wrong methods.
+"""HTTP on the prediction routes beyond the message: CORS preflights, wrong methods, short bodies.
 
-Against the real microservice.
+Against the real microservice; a body is sent both to the fast path (`Model.FastPredictions`) and,
+with a query string, through Seldon's Flask app.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import urllib.error
 import urllib.request
+from http.client import HTTPResponse
+from pathlib import Path
 
 import pytest
 
+from tests.serving.checks import BAD_DATA, check_still_serves, raw_rows
 from tests.serving.conftest import Server
 
 pytestmark = pytest.mark.slow
 
 PREDICTION_PATHS = ["/api/v1.0/predictions", "/api/v0.1/predictions", "/predict"]
+# The fast path, and Seldon's app (a query string sends a request there).
+BOTH_PATHS = ["/api/v1.0/predictions", "/api/v1.0/predictions?through=seldon"]
 
 
 def send(
@@ -62,3 +69,42 @@ def test_reading_a_prediction_route_is_405_with_allow(
         assert answer["status"]["code"] == -1
         assert answer["status"]["reason"] == "METHOD_NOT_ALLOWED"
         assert f"{method} is not allowed on {path}" in answer["status"]["info"]
+
+
+def raw_request(port: int, path: str, body: bytes, content_length: int) -> tuple[int, bytes]:
+    """POST `body` announcing `content_length` bytes, then end the sending side; the answer."""
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {content_length}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head + body)
+        sock.shutdown(socket.SHUT_WR)
+        response = HTTPResponse(sock)
+        response.begin()
+        return response.status, response.read()
+
+
+@pytest.mark.parametrize("path", BOTH_PATHS)
+def test_a_body_shorter_than_its_content_length_is_400(
+    server: Server, serving_package: Path, path: str
+) -> None:
+    """A complete JSON message, sent as the start of a longer body, is not predicted on."""
+    body = json.dumps({"data": {"ndarray": raw_rows(serving_package, 1, seed=2)}}).encode()
+    status, payload = raw_request(server.http_port, path, body, len(body) + 40)
+    answer = json.loads(payload)
+    assert status == 400, answer
+    assert answer["status"]["reason"] == BAD_DATA
+    assert answer["status"]["info"].startswith(
+        f"the request body has {len(body)} bytes, Content-Length says {len(body) + 40}"
+    )
+    check_still_serves(server.url, serving_package)
+
+
+@pytest.mark.parametrize("path", BOTH_PATHS)
+def test_a_body_of_its_content_length_is_answered(
+    server: Server, serving_package: Path, path: str
+) -> None:
+    body = json.dumps({"data": {"ndarray": raw_rows(serving_package, 1, seed=2)}}).encode()
+    status, payload = raw_request(server.http_port, path, body, len(body))
+    assert status == 200, payload

@@ -215,9 +215,10 @@ class FastPredictions:
         ):
             return self.wsgi_app(environ, start_response)
         arrived = time.perf_counter()
-        body = environ["wsgi.input"].read(int(length))
+        size = int(length)
+        body = environ["wsgi.input"].read(size)
         try:
-            message = messages.check_not_null(messages.loads(body))
+            message = messages.check_not_null(messages.loads(messages.check_complete(body, size)))
             status, answer = 200, self.model.predict_raw(message)
         except SeldonMicroserviceException as error:
             status, answer = error.status_code, error.to_dict()
@@ -356,6 +357,9 @@ class Model:
                     f"the request body has {request.content_length} bytes; at most {body_limit} "
                     "are accepted (max_batch_rows rows): split the batch"
                 )
+            if request.content_length is not None:  # the forms below are parsed from this copy
+                body = request.get_data(cache=True, parse_form_data=False)
+                messages.check_complete(body, request.content_length)
             content_type = request.content_type or ""
             # Seldon also reads a multipart form (each field JSON but strData) and a `json` form
             # or query field with its own json.loads, which answers 500 on bad JSON: decode them
