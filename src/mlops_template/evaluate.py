@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import math
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from mlops_template.dataset import CATEGORICAL, NUMERIC, feature_names
+from mlops_template.errors import UserError
 from mlops_template.params import DEFAULT_IMPORTANCE_ROWS
 
 if TYPE_CHECKING:
@@ -38,27 +43,71 @@ class Evaluation:
 def compute_metrics(
     actual: np.ndarray, probabilities: np.ndarray, classes: list[str]
 ) -> dict[str, float]:
-    """Accuracy, balanced accuracy, macro F1/precision/recall, ROC AUC (one-vs-rest), log loss."""
+    """Accuracy, balanced accuracy, macro F1/precision/recall, ROC AUC (one-vs-rest), log loss.
+
+    A metric these rows leave undefined (scikit-learn warns or raises, or the value is not
+    finite) is a UserError naming it and why: a NaN must never reach metrics.json or MLflow.
+    """
     import numpy as np
     from sklearn import metrics
 
     predicted = np.asarray(classes)[probabilities.argmax(axis=1)]
     if len(classes) == 2:
-        roc_auc = metrics.roc_auc_score(actual == classes[1], probabilities[:, 1])
+        roc_auc = partial(metrics.roc_auc_score, actual == classes[1], probabilities[:, 1])
     else:
-        roc_auc = metrics.roc_auc_score(actual, probabilities, multi_class="ovr", labels=classes)
-    values = {
-        "accuracy": metrics.accuracy_score(actual, predicted),
-        "balanced_accuracy": metrics.balanced_accuracy_score(actual, predicted),
-        "f1_macro": metrics.f1_score(actual, predicted, average="macro", zero_division=0),
-        "precision_macro": metrics.precision_score(
-            actual, predicted, average="macro", zero_division=0
-        ),
-        "recall_macro": metrics.recall_score(actual, predicted, average="macro", zero_division=0),
+        roc_auc = partial(
+            metrics.roc_auc_score, actual, probabilities, multi_class="ovr", labels=classes
+        )
+    averaged = {"average": "macro", "zero_division": 0}
+    scores: dict[str, Callable[[], float]] = {
+        "accuracy": partial(metrics.accuracy_score, actual, predicted),
+        "balanced_accuracy": partial(metrics.balanced_accuracy_score, actual, predicted),
+        "f1_macro": partial(metrics.f1_score, actual, predicted, **averaged),
+        "precision_macro": partial(metrics.precision_score, actual, predicted, **averaged),
+        "recall_macro": partial(metrics.recall_score, actual, predicted, **averaged),
         "roc_auc": roc_auc,
-        "log_loss": metrics.log_loss(actual, probabilities, labels=classes),
+        "log_loss": partial(metrics.log_loss, actual, probabilities, labels=classes),
     }
-    return {name: round(float(value), DECIMALS) for name, value in values.items()}
+    values, undefined = {}, {}
+    for name, score in scores.items():
+        with warnings.catch_warnings():
+            # UndefinedMetricWarning is a UserWarning, as is "y_pred contains classes not in
+            # y_true": either way the number would not mean what its name says.
+            warnings.simplefilter("error", UserWarning)
+            try:
+                value = float(score())
+            except (ValueError, UserWarning) as error:
+                undefined[name] = " ".join(str(error).split())
+                continue
+        if not math.isfinite(value):
+            undefined[name] = f"it is {value}"
+        values[name] = round(value, DECIMALS)
+    if undefined:
+        raise UserError(undefined_metrics(undefined, actual, classes))
+    return values
+
+
+def undefined_metrics(reasons: dict[str, str], actual: np.ndarray, classes: list[str]) -> str:
+    """One line naming the undefined metrics and the cause: a class the split lacks, if one."""
+    names = ", ".join(reasons)
+    subject = f"metric {names} is" if len(reasons) == 1 else f"metrics {names} are"
+    present = set(actual)
+    absent = [label for label in classes if label not in present]
+    unseen = sorted(present - set(classes))
+    if absent or unseen:
+        causes = [f"{_classes(absent)} no test rows"] if absent else []
+        causes += [f"{_classes(unseen)} test rows but no training rows"] if unseen else []
+        cause = f"{' and '.join(causes)}; add rows or merge rare classes"
+    elif len(reasons) == 1:
+        [cause] = reasons.values()
+    else:
+        cause = "; ".join(f"{name}: {reason}" for name, reason in reasons.items())
+    return f"train: {subject} undefined on the test split: {cause}"
+
+
+def _classes(labels: list[str]) -> str:
+    names = ", ".join(repr(str(label)) for label in labels)
+    return f"class {names} has" if len(labels) == 1 else f"classes {names} have"
 
 
 def spaced(length: int, points: int) -> np.ndarray:
@@ -170,13 +219,15 @@ def evaluate(
     classes = [str(label) for label in pipeline.classes_]
     probabilities = pipeline.predict_proba(features)
     labels = actual.to_numpy(dtype=object)
+    # First: undefined metrics stop the stage before the slower curves and importance.
+    metrics = compute_metrics(labels, probabilities, classes)
     predicted = np.asarray(classes, dtype=object)[probabilities.argmax(axis=1)]
     roc, pr = curve_data(labels, probabilities, classes)
     importance, method = feature_importance(
         pipeline, schema, features, actual, random_state, importance_rows
     )
     return Evaluation(
-        metrics=compute_metrics(labels, probabilities, classes),
+        metrics=metrics,
         classes=classes,
         actual=labels,
         predicted=predicted,

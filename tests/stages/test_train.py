@@ -22,6 +22,8 @@ from mlops_template.plots import IMAGE_NAMES
 from mlops_template.stages.process import process
 from mlops_template.stages.train import train
 
+from ..conftest import project_env
+
 METRICS = {
     "accuracy",
     "balanced_accuracy",
@@ -172,3 +174,83 @@ def test_a_store_creation_cut_short_leaves_no_store(tmp_path):
     tracking.create_store(uri, tmp_path / "staging")
     client = MlflowClient(tracking_uri=uri)
     assert [e.name for e in client.search_experiments()] == ["Default"]
+
+
+def outputs(workdir: Path) -> dict[str, bytes]:
+    """{path: bytes} of the model, the metrics, every plot file and any staging left beside."""
+    paths = [workdir / "model.joblib", workdir / "metrics.json", *workdir.glob("plots/**/*")]
+    paths += [path for path in workdir.glob(".*.tmp") if "mlflow" not in path.name]
+    return {str(p.relative_to(workdir)): p.read_bytes() for p in paths if p.is_file()}
+
+
+def logged_runs(workdir: Path) -> int:
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    return len(client.search_runs([e.experiment_id for e in client.search_experiments()]))
+
+
+def test_a_metric_undefined_on_the_test_split_fails_the_stage_and_replaces_nothing(workdir):
+    run_train(workdir)
+    last_good = outputs(workdir)
+    test_file = workdir / "processed" / "test.parquet"
+    test = pd.read_parquet(test_file)
+    test[test["label"] != "cat"].to_parquet(test_file, index=False)
+
+    with pytest.raises(
+        UserError,
+        match=r"^train: metrics? (\w+, )*roc_auc(, \w+)* (is|are) undefined on the test split: "
+        r"class 'cat' has no test rows; add rows or merge rare classes$",
+    ):
+        run_train(workdir)
+
+    assert outputs(workdir) == last_good
+    assert logged_runs(workdir) == 1
+
+
+def test_an_output_folder_that_cannot_be_written_is_found_before_fitting(workdir, monkeypatch):
+    def fit(*args, **kwargs):
+        raise AssertionError("fitted before the outputs were checked")
+
+    monkeypatch.setattr("mlops_template.stages.train.fit_and_evaluate", fit)
+    (workdir / "models").write_text("a file where the model's folder should be")
+    with pytest.raises(UserError, match=r"models/model\.joblib: cannot write: .* not a directory"):
+        train(
+            workdir / "processed",
+            workdir / "models" / "model.joblib",
+            workdir / "metrics.json",
+            workdir / "plots",
+            workdir / "params.yaml",
+        )
+    assert not (workdir / "metrics.json").exists()
+    assert not (workdir / "plots").exists()
+
+
+def test_a_file_size_limit_while_writing_the_model_is_one_line_and_replaces_nothing(workdir):
+    """The stage runs under a real RLIMIT_FSIZE: the plots fit under it, the model does not."""
+    import resource
+
+    run_train(workdir)
+    last_good = outputs(workdir)
+    largest_plot = max(path.stat().st_size for path in (workdir / "plots").rglob("*.*"))
+    limit = (largest_plot + (workdir / "model.joblib").stat().st_size) // 2
+    assert largest_plot < limit < (workdir / "model.joblib").stat().st_size
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "mlops_template.cli", "train", "--processed", "processed",
+            "--model", "model.joblib", "--metrics", "metrics.json", "--plots", "plots",
+            "--params", "params.yaml",
+        ],
+        cwd=workdir, env=project_env(PYTHONDONTWRITEBYTECODE="1"), preexec_fn=limit_file_size,
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        "error: model.joblib: cannot write: File too large (errno 27)"
+    ), done.stderr
+    assert "Traceback" not in done.stderr
+    assert outputs(workdir) == last_good, "nothing replaced, no staging left"
+    assert logged_runs(workdir) == 1

@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlops_template.errors import UserError
-from mlops_template.files import atomic_directory, atomic_path, git_commit, sha256, write_json
+from mlops_template.files import (
+    atomic_directory,
+    atomic_path,
+    check_writable,
+    git_commit,
+    sha256,
+    write_json,
+)
 from mlops_template.params import (
     DEFAULT_PARAMS,
     TrainParams,
@@ -105,6 +112,7 @@ def train(
     raw = load_params(params_path)
     params = train_params(raw)
     data, process = data_params(raw), process_params(raw)
+    check_writable(model_path, metrics_path, plots_dir)
     uri = tracking.tracking_uri(Path.cwd())
     tracking.check_reachable(uri)
     # The helper process is forked here, before pandas and scikit-learn are imported.
@@ -134,14 +142,15 @@ def train(
         del train_split
         evaluation = trained.evaluation
         # Everything is staged first and renamed into place only once MLflow has the run too.
-        with (
-            atomic_directory(plots_dir) as plots_staging,
-            atomic_path(model_path) as model_staging,
-            atomic_path(metrics_path) as metrics_staging,
-        ):
+        # Each output's staging is entered just before it is written, so a failed write unwinds
+        # through that output's first and is reported as that output's.
+        with contextlib.ExitStack() as outputs:
+            plots_staging = outputs.enter_context(atomic_directory(plots_dir))
             write_plot_data(evaluation, plots_staging)
             images = write_images(evaluation, plots_staging / IMAGES)
+            model_staging = outputs.enter_context(atomic_path(model_path))
             joblib.dump(trained.pipeline, model_staging)
+            metrics_staging = outputs.enter_context(atomic_path(metrics_path))
             write_json(metrics_staging, evaluation.metrics)
             log.info("wrote the model, metrics and plots; logging the run to MLflow [%s]", clock)
             tracker.log_run(
