@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import sys
 from importlib.metadata import version
 
 import joblib
@@ -22,7 +23,7 @@ from mlops_template.stages.package import (
 from mlops_template.stages.process import process
 from mlops_template.stages.train import train
 
-from ..conftest import REPO, params_dict
+from ..conftest import REPO, params_dict, project_env
 
 
 @pytest.fixture(scope="module")
@@ -244,3 +245,64 @@ def test_training_reference_records_shares_and_decile_bins():
     assert tuple(counts / 100) == size.shares
     assert reference.bins["legs"] == Bins(edges=(2.0, 4.0), shares=(0.0, 0.666667, 0.333333))
     assert Reference.from_dict(reference.to_dict()) == reference
+
+
+def work_begins(*args, **kwargs):
+    raise AssertionError("the ONNX conversion began before the inputs and outputs were checked")
+
+
+def test_metrics_that_are_not_finite_are_named_before_any_work(trained, tmp_path, monkeypatch):
+    metrics = json.loads((trained / "metrics.json").read_text()) | {"roc_auc": float("nan")}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    monkeypatch.setattr("mlops_template.stages.package.onnx_model", work_begins)
+    with pytest.raises(UserError) as failure:
+        build_package(
+            trained / "model.joblib",
+            trained / "processed",
+            tmp_path / "metrics.json",
+            REPO / "requirements" / "serve.lock",
+            tmp_path / "serving",
+            max_batch_rows=500,
+            estimator=train_params(params_dict()).estimator_class,
+        )
+    assert str(failure.value) == (
+        f"{tmp_path / 'metrics.json'}: 'roc_auc' is NaN, not a finite number; rerun the train stage"
+    )
+    assert not (tmp_path / "serving").exists()
+
+
+def test_an_out_dir_that_cannot_be_written_is_found_before_any_work(trained, tmp_path, monkeypatch):
+    monkeypatch.setattr("mlops_template.stages.package.onnx_model", work_begins)
+    (tmp_path / "models").write_text("a file where the package's folder should be")
+    with pytest.raises(UserError, match=r"models/serving: cannot write: .* not a directory"):
+        package(trained, tmp_path / "models" / "serving")
+
+
+def test_a_file_size_limit_while_packaging_is_one_line_and_replaces_nothing(trained, tmp_path):
+    """`mlops package` under a real RLIMIT_FSIZE below the model's size."""
+    import resource
+
+    out = tmp_path / "serving"
+    package(trained, out)
+    last_good = {path: path.read_bytes() for path in sorted(tmp_path.rglob("*")) if path.is_file()}
+    limit = (trained / "model.joblib").stat().st_size // 2
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "mlops_template.cli", "package", "--model", "model.joblib",
+            "--processed", "processed", "--metrics", "metrics.json",
+            "--requirements", str(REPO / "requirements" / "serve.lock"), "--out", str(out),
+            "--params", "params.yaml",
+        ],
+        cwd=trained, env=project_env(PYTHONDONTWRITEBYTECODE="1"), preexec_fn=limit_file_size,
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines()[-1] == f"error: {out}: cannot write: File too large (errno 27)"
+    assert "Traceback" not in done.stderr
+    now = {path: path.read_bytes() for path in sorted(tmp_path.rglob("*")) if path.is_file()}
+    assert now == last_good, "the last good package intact, no staging left"

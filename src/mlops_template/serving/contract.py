@@ -71,6 +71,20 @@ def check_max_batch_rows(value: Any) -> int:
     return value
 
 
+def check_metrics(metrics: Any, what: str = "metrics") -> None:
+    """Metrics map names to finite numbers; the error names the first key that does not, and
+    shows its value as JSON has it (NaN, Infinity)."""
+    if not isinstance(metrics, Mapping):
+        raise ContractError(f"{what} must map metric names to numbers, got {metrics!r}")
+    for key, value in metrics.items():
+        if not isinstance(key, str):
+            raise ContractError(f"{what}: the key {key!r} is not a metric name (a string)")
+        if not _is_number(value):
+            raise ContractError(
+                f"{what}: {key!r} is {json.dumps(value, default=repr)}, not a finite number"
+            )
+
+
 @dataclass(frozen=True)
 class Feature:
     """One input column: its name, its kind and, if categorical, the levels seen in training."""
@@ -208,10 +222,7 @@ class PackageMetadata:
         _check_strings(self.classes, "classes")
         if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
             raise ContractError(f"classes must be two or more distinct labels, got {self.classes}")
-        if not isinstance(self.metrics, Mapping) or not all(
-            isinstance(key, str) and _is_number(value) for key, value in self.metrics.items()
-        ):
-            raise ContractError("metrics must map names to finite numbers")
+        check_metrics(self.metrics)
         if isinstance(self.training_rows, bool) or not isinstance(self.training_rows, int):
             raise ContractError(f"training_rows must be a whole number, got {self.training_rows!r}")
         check_max_batch_rows(self.max_batch_rows)

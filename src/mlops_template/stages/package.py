@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlops_template.errors import UserError
-from mlops_template.files import atomic_directory, read_json, sha256, write_json
+from mlops_template.files import atomic_directory, check_writable, read_json, sha256, write_json
 from mlops_template.manifest import package_manifest
 from mlops_template.params import DEFAULT_PARAMS, load_params, package_params, train_params
 from mlops_template.serving import contract
@@ -205,6 +205,20 @@ def training_reference(
     )
 
 
+def read_metrics(path: Path) -> dict[str, float]:
+    """The train stage's metrics.json, checked to hold finite numbers by name."""
+    try:
+        metrics = read_json(path)
+    except (OSError, ValueError) as error:  # missing, unreadable, or not JSON
+        reason = error.strerror if isinstance(error, OSError) else error
+        raise UserError(f"{path}: cannot read the metrics: {reason}; run the train stage") from None
+    try:
+        contract.check_metrics(metrics, str(path))
+    except contract.ContractError as error:
+        raise UserError(f"{error}; rerun the train stage") from None
+    return metrics
+
+
 def package_metadata(
     model_path: Path,
     schema: dict[str, Any],
@@ -261,6 +275,8 @@ def build_package(
         read_split,
     )
 
+    check_writable(out_dir)
+    metrics = read_metrics(metrics_path)
     schema = read_schema(processed / SCHEMA_FILE)
     requirements = requirements_path.read_text(encoding="utf-8")
     check_serving_pins(requirements)
@@ -271,7 +287,7 @@ def build_package(
     metadata = package_metadata(
         model_path,
         schema,
-        read_json(metrics_path),
+        metrics,
         max_batch_rows,
         estimator,
         reference,
