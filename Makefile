@@ -213,6 +213,10 @@ manifest: $(VENV)/.synced ## Render the SeldonDeployment for IMAGE into MANIFEST
 bench-serving: setup ## Load-test the ONNX package vs the joblib one, plain gunicorn+Flask, in-process (needs wrk)
 	$(BIN)/python benchmarks/serving.py
 
+.PHONY: bench-slow-clients
+bench-slow-clients: setup ## The server's worker vs gunicorn's sync worker: throughput, and requests beside idle/slow clients (needs wrk)
+	$(BIN)/python benchmarks/slow_clients.py
+
 .PHONY: bench-metrics
 bench-metrics: setup ## Server CPU per request with and without the model's own metrics (needs wrk)
 	$(BIN)/python benchmarks/metrics_cost.py
