@@ -91,7 +91,7 @@ def send_and_close(sock: socket.socket, response: bytes) -> None:
 
 
 # What has arrived of a request: not all of its head or body yet; all of it; or a head whose
-# body a thread reads itself (chunked, after `100-continue`, or too large to buffer).
+# body a thread reads itself (chunked, after `100-continue`, or announced too large to buffer).
 WAITING, WHOLE, HEAD = "waiting", "whole", "head"
 
 
@@ -113,7 +113,9 @@ def arrival(buffer: bytearray) -> str:
         if name == b"content-length" and value.isdigit():
             if body_bytes >= int(value):
                 return WHOLE
-            return HEAD if len(buffer) >= READ_AHEAD_BYTES else WAITING
+            # A body too large to buffer is read by a thread: the application may refuse it
+            # (413) before reading any of it.
+            return HEAD if end + int(value) >= READ_AHEAD_BYTES else WAITING
     return WHOLE
 
 
