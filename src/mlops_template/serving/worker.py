@@ -1,22 +1,24 @@
-"""The gunicorn worker the server runs: a request is read whole before a thread serves it.
+"""The gunicorn worker the server runs: a request is read whole before it is served.
 
 Gunicorn's sync worker serves one connection at a time, so with two workers two clients that
 connect and send nothing (or send a request a byte at a time) stall every other request for as
 long as they stay connected. This worker is gunicorn's threaded worker (`gthread`) with one change
-in how a request arrives: its bytes are read, without blocking, by the worker's event loop, and
-only a request whose head and body have arrived (up to READ_AHEAD_BYTES) is handed to a thread.
-Idle and slow clients therefore cost a socket, never a thread, and they are bounded:
+in how a request arrives: its bytes are read, without blocking, by the worker's event loop, and a
+request is served only once its head and body have arrived (a body announced larger than
+READ_AHEAD_BYTES is read by the worker's thread instead). Idle and slow clients therefore cost a
+socket, never the worker, and they are bounded:
 
 - in time: a request must arrive whole within `REQUEST_TIMEOUT_SECONDS` of its first wait (a new
   connection, or the next request on a kept-alive one); past that the client gets 408 and the
-  connection is closed. A body larger than the read-ahead is read by the thread under the same
-  deadline.
+  connection is closed.
 - in number: at most `MAX_CONNECTIONS` per worker; one more is answered 503 and closed at once.
 
-Errors that gunicorn itself answers (a malformed request line or header, a body cut short) are
-written in the server's JSON error form instead of gunicorn's HTML page.
+Errors that gunicorn itself answers (a malformed request line or header) are written in the
+server's JSON error form instead of gunicorn's HTML page.
 
 This file is copied into the serving package beside serve.py, which installs it with `configure`.
+It relies on gunicorn's gthread internals (`TConn`, the parser's unreader), pinned in the lock;
+tests/serving/test_slow_clients.py is what says an upgrade kept them.
 """
 
 from __future__ import annotations
@@ -334,6 +336,9 @@ def configure(host: str) -> None:
 
     def run_grpc_server_on_host(*args: Any) -> None:
         *rest, bind_address = args
-        run_grpc_server(*rest, f"{host}:{bind_address.rsplit(':', 1)[1]}")
+        address = f"{host}:{bind_address.rsplit(':', 1)[1]}"
+        # Seldon has logged the 0.0.0.0 address it would have used; this is the one bound.
+        logger.info("gRPC server binding to %s (SERVE_HOST)", address)
+        run_grpc_server(*rest, address)
 
     microservice._run_grpc_server = run_grpc_server_on_host
