@@ -95,10 +95,11 @@ class Container:
             self.name = output("buildah", "from", "--quiet", self.image)
             inspect = output("buildah", "inspect", "--type", "container", self.name)
             config = json.loads(inspect)["OCIv1"]["config"]
-            # The image's own entry point and user; only the ports differ (host network).
+            # The image's own entry point and user; only the ports differ (host network), and
+            # the address: on the host's network the test server binds loopback only.
             command = [
                 "buildah", "run", "--isolation", "chroot", "--network", "host",
-                "--user", config["User"], self.name, "--",
+                "--env", "SERVE_HOST=127.0.0.1", "--user", config["User"], self.name, "--",
                 *config["Entrypoint"],
                 f"--http-port={ports.http_port}",
                 f"--grpc-port={ports.grpc_port}",
@@ -244,6 +245,12 @@ def test_image_labels_name_the_model(engine: str, image: str, serving_package: P
     user_format = "{{.Config.User}}" if engine == "docker" else "{{.User}}"
     user = output(engine, "image", "inspect", "--format", user_format, image)
     assert user.split(":")[0] not in ("", "0", "root")
+
+
+def test_the_image_listens_on_every_interface_of_its_pod(engine: str, image: str) -> None:
+    """A pod is reached on its own IP, so the image binds 0.0.0.0 (`make serve` binds loopback)."""
+    env = json.loads(output(engine, "image", "inspect", "--format", "{{json .Config.Env}}", image))
+    assert "SERVE_HOST=0.0.0.0" in env
 
 
 def test_image_answers_like_in_process(container: Container, serving_package: Path) -> None:
