@@ -138,8 +138,24 @@ def one_class(clone: Path) -> None:
     write_csv(clone, "\n".join([lines[0], *[line for line in lines[1:] if "Adelie" in line]]))
 
 
+def two_row_class(clone: Path) -> None:
+    # Two rows of a new class, and a test_size at which the stratified split gives it no test
+    # row (at 0.25 it happens to get one).
+    csv = clone / "data" / "raw" / "penguins.csv"
+    lines = csv.read_text().splitlines()
+    rare = [line.replace("Adelie", "Dodo", 1) for line in lines[1:3]]
+    write_csv(clone, "\n".join([*lines, *rare]) + "\n")
+    edit_params(clone, "process", "test_size", 0.2)
+
+
+def repeated_column(clone: Path) -> None:
+    csv = clone / "data" / "raw" / "penguins.csv"
+    header, *rows = csv.read_text().splitlines()
+    write_csv(clone, "\n".join([header.replace(",year", ",island"), *rows]) + "\n")
+
+
 BAD_INPUTS = {
-    # case: (what the user does, the file they edited, what the error names)
+    # case: (what the user does, the files they edited, what the error names)
     "unknown model": (
         lambda clone: edit_params(clone, "train", "model", "gradient_magic"),
         "params.yaml",
@@ -174,6 +190,18 @@ BAD_INPUTS = {
         r"column 'beak_colour' is not in the CSV",
     ),
     "one class only": (one_class, "data/raw/penguins.csv", r"needs at least two classes, found 1"),
+    # Passed the count check once, then both rows went to train and roc_auc was NaN.
+    "a class of two rows": (
+        two_row_class,
+        "data/raw/penguins.csv params.yaml",
+        r"class 'Dodo' has 2 rows, too few to split with process.test_size=0.2: the split puts "
+        r"none in test",
+    ),
+    "a repeated column name": (
+        repeated_column,
+        "data/raw/penguins.csv",
+        r"repeats the column name 'island'",
+    ),
 }
 
 
@@ -190,7 +218,8 @@ def test_a_failed_run_leaves_the_last_good_outputs(clone, case):
         after = snapshot(clone)
         assert sorted(after) == sorted(before)
         assert [path for path in before if after[path] != before[path]] == []
-        assert sh("git", "status", "--porcelain", cwd=clone).split() == ["M", edited]
+        changed = sh("git", "status", "--porcelain", cwd=clone).split()
+        assert changed == [word for path in edited.split() for word in ("M", path)]
     finally:
         sh("git", "checkout", "--", "params.yaml", "data/raw", cwd=clone)
     assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=clone)

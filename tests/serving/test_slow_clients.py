@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.serving.checks import raw_rows
 from tests.serving.conftest import SERVE_PYTHON, Server, free_port, predict
+from tests.serving.test_grpc import grpc_predict
 
 pytestmark = pytest.mark.slow
 
@@ -108,6 +110,27 @@ def test_idle_and_slow_clients_do_not_delay_others(
             assert f"within {REQUEST_TIMEOUT} s" in answer["status"]["info"]
         assert kinds["idle"][0].recv(100) == b""
     assert timed_predict(bounded_server, message) < 1.0
+
+
+def test_idle_and_slow_clients_on_the_grpc_port_do_not_delay_predictions(
+    bounded_server: Server, serving_package: Path, serve_python: Path
+) -> None:
+    # gRPC runs beside REST (GRPC_WORKERS=1, one thread): clients holding its port open with
+    # nothing, or with half an HTTP/2 preface, must not hold that thread.
+    rows = raw_rows(serving_package, 1, seed=3)
+    opened: list[socket.socket] = []
+    try:
+        for index in range(20):
+            opened.append(socket.create_connection(("127.0.0.1", bounded_server.grpc_port)))
+            if index % 2:
+                opened[-1].sendall(b"PRI * HTTP/2.0\r\n")
+        started = time.monotonic()
+        [answer] = grpc_predict(serve_python, bounded_server, [{"data": {"ndarray": rows}}])
+        assert answer["code"] == "OK", answer
+        assert time.monotonic() - started < 15
+    finally:
+        for sock in opened:
+            sock.close()
 
 
 def test_connections_beyond_the_limit_are_answered_503(bounded_server: Server) -> None:

@@ -385,10 +385,17 @@ def categorical_column(values: list[Any], name: str) -> np.ndarray:
     column = np.empty(len(values), dtype=object)
     kinds = set(map(type, values))
     if kinds <= PLAIN_TEXT_TYPES:  # the usual column: no value needs a look of its own type
-        column[:] = [
-            np.nan if value is None or (text := text_value(value)) is None else text
-            for value in values
-        ]
+        column[:] = values
+        if type(None) in kinds:
+            column[np.equal(column, None)] = np.nan
+        # Each distinct text looked at once (a categorical feature has few levels); usually
+        # none is padded or spells a gap, and the column stays as it came.
+        changed = {v: t for v in set(values) - {None} if (t := text_value(v)) != v}
+        if changed:
+            column[:] = [
+                np.nan if value is None or (text := changed.get(value, value)) is None else text
+                for value in values
+            ]
         return column
     for row, value in enumerate(values):
         if isinstance(value, str):
