@@ -112,6 +112,25 @@ def test_idle_and_slow_clients_do_not_delay_others(
     assert timed_predict(bounded_server, message) < 1.0
 
 
+@pytest.mark.parametrize("content_type", ["application/json", "application/x-www-form-urlencoded"])
+def test_a_large_body_sent_too_slowly_is_408_on_either_route(
+    bounded_server: Server, content_type: str
+) -> None:
+    # Announced larger than the worker buffers, so a thread reads it: through the fast path
+    # (JSON), or inside Seldon's Flask app (a form), which would otherwise answer 500.
+    head = (
+        f"POST {PREDICTIONS} HTTP/1.1\r\nHost: t\r\nContent-Type: {content_type}\r\n"
+        "Content-Length: 500000\r\n\r\n"
+    )
+    with connect(bounded_server) as sock:
+        sock.sendall(head.encode() + b"a=" + b"1" * 100)
+        started = time.monotonic()
+        status, answer = answer_of(sock)
+    assert status == 408
+    assert f"within {REQUEST_TIMEOUT} s" in answer["status"]["info"]
+    assert REQUEST_TIMEOUT - 1 < time.monotonic() - started < REQUEST_TIMEOUT + 3
+
+
 def test_idle_and_slow_clients_on_the_grpc_port_do_not_delay_predictions(
     bounded_server: Server, serving_package: Path, serve_python: Path
 ) -> None:

@@ -37,6 +37,7 @@ from concurrent import futures
 from functools import partial
 from typing import Any
 
+import werkzeug.exceptions
 from gunicorn import util
 from gunicorn.http.unreader import SocketUnreader
 from gunicorn.workers import gthread
@@ -60,8 +61,20 @@ RECEIVE_BYTES = 64 * 1024
 HEAD_END = b"\r\n\r\n"
 
 
-class RequestTimeout(Exception):
-    """The request did not arrive whole within its deadline."""
+class RequestTimeout(werkzeug.exceptions.RequestTimeout):
+    """The request did not arrive whole within its deadline: 408.
+
+    A werkzeug HTTP error, so that a body read inside Seldon's Flask app (a form, say) is
+    answered 408 by its error handler too, not 500.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(timeout_message(seconds))
+
+
+def timeout_message(seconds: float) -> str:
+    """The 408's text."""
+    return f"the request did not arrive whole within {seconds:g} s ({REQUEST_TIMEOUT_VARIABLE})"
 
 
 def error_response(status: int, reason: str, message: str) -> bytes:
@@ -127,10 +140,10 @@ class DeadlineUnreader(SocketUnreader):
     With the deadline already past, it takes only what the socket holds, never waiting.
     """
 
-    def __init__(self, sock: socket.socket, send_timeout: float) -> None:
+    def __init__(self, sock: socket.socket, request_timeout: float) -> None:
         super().__init__(sock)
         self.deadline = time.monotonic()
-        self.send_timeout = send_timeout
+        self.request_timeout = request_timeout
 
     def chunk(self, size_hint: int | None = None) -> bytes:
         """The next bytes from the socket, waiting no longer than the deadline allows."""
@@ -138,12 +151,12 @@ class DeadlineUnreader(SocketUnreader):
         try:
             return super().chunk(size_hint)
         except (TimeoutError, BlockingIOError):
-            raise RequestTimeout from None
+            raise RequestTimeout(self.request_timeout) from None
         finally:
             # The answer is written under a timeout too: a client that does not read it
             # cannot hold the worker.
             with contextlib.suppress(OSError):
-                self.sock.settimeout(self.send_timeout)
+                self.sock.settimeout(self.request_timeout)
 
 
 class BoundedWorker(gthread.ThreadWorker):
@@ -267,6 +280,16 @@ class BoundedWorker(gthread.ThreadWorker):
         done.set_result(self.handle(conn))  # handle() answers every error itself
         self.finish_request(conn, done)
 
+    def handle_request(self, req: Any, conn: gthread.TConn) -> bool:
+        """Serve one request, its answer written under the request timeout: a client that does
+        not read it is cut (one log line), and cannot hold the worker."""
+        conn.sock.settimeout(self.request_timeout)
+        try:
+            return super().handle_request(req, conn)
+        except TimeoutError:
+            self.log.warning("%s did not read its answer in time; closed", conn.client[0])
+            return False
+
     def _keepalive_after(self, conn: gthread.TConn, keepalive: bool) -> bool:
         """Whether to keep the connection; not if its unread body did not arrive in time."""
         try:
@@ -287,7 +310,8 @@ class BoundedWorker(gthread.ThreadWorker):
             self.stop_waiting(conn)
             self.nr_conns -= 1
             if conn.arrived:  # nothing is answered to a connection that never sent a byte
-                response = error_response(408, "REQUEST_TIMEOUT", self.timeout_message())
+                message = timeout_message(self.request_timeout)
+                response = error_response(408, "REQUEST_TIMEOUT", message)
                 send_and_close(conn.sock, response)
             else:
                 util.close(conn.sock)
@@ -297,18 +321,9 @@ class BoundedWorker(gthread.ThreadWorker):
         if isinstance(exc, RequestTimeout):
             self.log.warning("a request from %s did not arrive in time", (addr or ("",))[0])
             with contextlib.suppress(OSError):
-                util.write_nonblock(
-                    client, error_response(408, "REQUEST_TIMEOUT", self.timeout_message())
-                )
+                util.write_nonblock(client, error_response(408, "REQUEST_TIMEOUT", exc.description))
             return
         super().handle_error(req, client, addr, exc)
-
-    def timeout_message(self) -> str:
-        """The 408's text."""
-        return (
-            f"the request did not arrive whole within {self.request_timeout:g} s "
-            f"({REQUEST_TIMEOUT_VARIABLE})"
-        )
 
 
 def configure(host: str) -> None:
