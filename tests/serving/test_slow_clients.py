@@ -8,6 +8,7 @@ import contextlib
 import json
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.serving.checks import raw_rows
-from tests.serving.conftest import SERVE_PYTHON, Server, free_port, predict
+from tests.serving.conftest import MAX_BATCH_ROWS, SERVE_PYTHON, Server, free_port, predict
 from tests.serving.test_grpc import grpc_predict
 
 pytestmark = pytest.mark.slow
@@ -129,6 +130,37 @@ def test_a_large_body_sent_too_slowly_is_408_on_either_route(
     assert status == 408
     assert f"within {REQUEST_TIMEOUT} s" in answer["status"]["info"]
     assert REQUEST_TIMEOUT - 1 < time.monotonic() - started < REQUEST_TIMEOUT + 3
+
+
+def test_a_client_that_does_not_read_its_answers_is_cut(
+    bounded_server: Server, serving_package: Path
+) -> None:
+    # Pipelined batches whose answers are never read: once the socket buffers are full, the
+    # server's write waits REQUEST_TIMEOUT at most, then it closes the connection.
+    rows = raw_rows(serving_package, MAX_BATCH_ROWS, seed=5)
+    body = json.dumps({"data": {"ndarray": rows}}).encode()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", bounded_server.http_port))
+
+    def send() -> None:
+        with contextlib.suppress(OSError):  # the server closes the connection mid-way
+            for _ in range(40):
+                sock.sendall(request_head(body) + body)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        deadline = time.monotonic() + 6 * REQUEST_TIMEOUT
+        while "did not read its answer in time" not in bounded_server.log():
+            assert time.monotonic() < deadline, bounded_server.log()[-2000:]
+            time.sleep(0.2)
+    finally:
+        sock.close()
+        sender.join(timeout=10)
+    assert "Traceback" not in bounded_server.log()
+    message = json.loads((serving_package / "sample_request.json").read_text())
+    assert timed_predict(bounded_server, message) < 1.0
 
 
 def test_idle_and_slow_clients_on_the_grpc_port_do_not_delay_predictions(
