@@ -565,9 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     begun = time.monotonic()
-    source = args.package.resolve()
-    if not (source / contract.METADATA_FILE).is_file():
-        raise SystemExit(f"error: {source} has no {contract.METADATA_FILE}: run `make run` first")
+    source = package_dir(args.package)
     metadata = contract.PackageMetadata.read(source)
     if metadata.runtime != contract.ONNX:
         raise SystemExit(
@@ -614,13 +612,7 @@ class Bench:
 
     def prepare(self, source: Path, rows: list[list[Any]]) -> None:
         """Both packages, the plain app, wrk's script and the request bodies."""
-        from mlops_template.stages.package import serving_sources
-
-        # The package's model, with the serving code of this working tree (what a rerun of the
-        # package stage would ship), so the figures are those of the code being changed.
-        shutil.copytree(source, self.packages[ONNX_SERVER])
-        for path in serving_sources():
-            shutil.copy2(path, self.packages[ONNX_SERVER] / path.name)
+        copy_with_working_tree_code(source, self.packages[ONNX_SERVER])
         log.info("packaging the same model with the joblib runtime")
         joblib_package(source, self.packages[JOBLIB_SERVER])
         (self.work / "plain_app.py").write_text(PLAIN_APP)
@@ -729,6 +721,24 @@ def measure_batch(servers: dict[str, Server], floor: Floor, body: bytes) -> dict
         for name in names[shift:] + names[:shift]:
             batch[name].append(request_ms(servers[name].predictions, body))
     return batch
+
+
+def package_dir(path: Path) -> Path:
+    """The package to serve, resolved; one line and an exit if the pipeline has not written it."""
+    source = path.resolve()
+    if not (source / contract.METADATA_FILE).is_file():
+        raise SystemExit(f"error: {source} has no {contract.METADATA_FILE}: run `make run` first")
+    return source
+
+
+def copy_with_working_tree_code(source: Path, destination: Path) -> None:
+    """The package's model, with the serving code of this working tree (what a rerun of the
+    package stage would ship), so the figures are those of the code being changed."""
+    from mlops_template.stages.package import serving_sources
+
+    shutil.copytree(source, destination)
+    for path in serving_sources():
+        shutil.copy2(path, destination / path.name)
 
 
 def command_line(argv: list[str] | None) -> str:

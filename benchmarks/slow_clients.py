@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import shlex
-import shutil
 import socket
 import statistics
 import sys
@@ -45,7 +44,9 @@ from serving import (
     WRK_SCRIPT,
     Server,
     commit_description,
+    copy_with_working_tree_code,
     machine_description,
+    package_dir,
     run_wrk,
     sample_rows,
 )
@@ -195,17 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     begun = time.monotonic()
-    source = args.package.resolve()
-    if not (source / contract.METADATA_FILE).is_file():
-        raise SystemExit(f"error: {source} has no {contract.METADATA_FILE}: run `make run` first")
-    from mlops_template.stages.package import serving_sources
-
+    source = package_dir(args.package)
     with tempfile.TemporaryDirectory(prefix="bench-slow-clients-") as scratch:
         package = Path(scratch) / "package"
-        # The package's model with this working tree's serving code, as in the serving benchmark.
-        shutil.copytree(source, package)
-        for path in serving_sources():
-            shutil.copy2(path, package / path.name)
+        copy_with_working_tree_code(source, package)
         results = measure(args, package, Path(scratch))
     print(render(results, args, time.monotonic() - begun))
     return 0
