@@ -229,7 +229,7 @@ def test_worse_within_the_tolerance_passes(cluster: Cluster) -> None:
 
 def test_lower_is_better_metric(cluster: Cluster) -> None:
     cluster.existing()  # log_loss 0.3 both: equal passes
-    cluster.set_params(gate={"metric": "log_loss", "higher_is_better": False})
+    cluster.set_params(gate={"metric": "log_loss"})  # lower is better: evaluate.HIGHER_IS_BETTER
     assert cluster.deploy().returncode == 0
     cluster.manifest.write_text(manifest_text(OLD_IMAGE, "3" * 64, f1=0.99).replace("0.3", "0.4"))
     done = cluster.deploy()
@@ -271,10 +271,19 @@ def test_live_model_without_gate_annotations_is_refused_unless_forced(cluster: C
 
 def test_gate_metric_the_model_does_not_have_is_a_user_error(cluster: Cluster) -> None:
     cluster.existing()
+    cluster.set_params(gate={"metric": "roc_auc"})  # a metric, but not in these test manifests
+    done = cluster.deploy()
+    assert done.returncode == 2
+    assert "deploy.gate.metric 'roc_auc' is not among the new model's test metrics" in done.stderr
+    assert cluster.applied_files() == []
+
+
+def test_gate_metric_the_pipeline_does_not_define_is_a_params_error(cluster: Cluster) -> None:
+    cluster.existing()
     cluster.set_params(gate={"metric": "r2"})
     done = cluster.deploy()
     assert done.returncode == 2
-    assert "deploy.gate.metric 'r2' is not among the new model's test metrics" in done.stderr
+    assert "deploy.gate.metric must name a test metric (metrics.json), got 'r2'" in done.stderr
     assert cluster.applied_files() == []
 
 

@@ -33,3 +33,17 @@ def test_defined_metrics_are_finite_numbers():
     metrics = compute_metrics(actual, probabilities, ["ant", "bee"])
     assert metrics["accuracy"] == 1.0
     assert metrics["roc_auc"] == 1.0
+
+
+def test_every_metric_has_its_direction_and_only_those() -> None:
+    """The report and the deploy gate read which way a metric improves from HIGHER_IS_BETTER."""
+    import numpy as np
+
+    from mlops_template.evaluate import HIGHER_IS_BETTER, compute_metrics, higher_is_better
+
+    actual = np.array(["a", "b", "a", "b"], dtype=object)
+    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    assert set(compute_metrics(actual, probabilities, ["a", "b"])) == set(HIGHER_IS_BETTER)
+    assert higher_is_better("metrics.json: log_loss") is False
+    assert higher_is_better("val.f1_macro") is True
+    assert higher_is_better("rmse") is None

@@ -30,7 +30,6 @@ def test_repository_params_are_valid():
     assert package_params(raw).max_batch_rows >= 1
     deploy = deploy_params(raw)
     assert deploy.gate.metric == "f1_macro"
-    assert deploy.gate.higher_is_better is True
     assert 1 <= deploy.canary.traffic_percent <= 99
 
 
@@ -95,7 +94,7 @@ def test_registry_model_name_must_name_a_model():
     ("block", "values", "message"),
     [
         ("gate", {"metric": " "}, "deploy.gate.metric must name a test metric"),
-        ("gate", {"higher_is_better": "yes"}, "deploy.gate.higher_is_better must be bool"),
+        ("gate", {"higher_is_better": False}, "deploy.gate.higher_is_better is no longer read"),
         ("gate", {"tolerance": -0.1}, "deploy.gate.tolerance must be 0 or more"),
         ("canary", {"traffic_percent": 100}, "traffic_percent must be between 1 and 99"),
         ("canary", {"traffic_percent": 0.5}, "deploy.canary.traffic_percent must be int"),

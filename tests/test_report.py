@@ -81,6 +81,15 @@ def test_verdict_knows_the_direction_of_each_metric(metric, old, new, expected):
     assert report.verdict(metric, old, new) == expected
 
 
+def test_the_pipeline_s_metrics_are_judged_by_their_definition_not_their_name(monkeypatch):
+    # A metric added beside the others in evaluate.py, lower-is-better without a loss ending.
+    from mlops_template import evaluate
+
+    monkeypatch.setitem(evaluate.HIGHER_IS_BETTER, "brier_score", False)
+    assert report.verdict("brier_score", 0.2, 0.1) == "better"
+    assert report.verdict("metrics.json: brier_score", 0.1, 0.2) == "worse"
+
+
 def test_values_are_shown_without_float_noise():
     assert report.format_value(0.1 + 0.2) == "0.3"
     assert report.format_value(1e-9) == "0"

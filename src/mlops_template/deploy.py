@@ -42,6 +42,7 @@ from typing import Any
 
 from mlops_template import manifest as rendering
 from mlops_template.errors import UserError
+from mlops_template.evaluate import HIGHER_IS_BETTER
 from mlops_template.params import (
     DEFAULT_PARAMS,
     CanaryParams,
@@ -357,6 +358,18 @@ def metrics_of(annotations: dict[str, str]) -> dict[str, float] | None:
     return metrics if isinstance(metrics, dict) else None
 
 
+def gate_improves_upwards(gate: GateParams) -> bool:
+    """Whether a higher gate metric is better, as evaluate.HIGHER_IS_BETTER says beside the
+    metric's definition; UserError for a metric the pipeline does not compute."""
+    upwards = HIGHER_IS_BETTER.get(gate.metric)
+    if upwards is None:
+        raise UserError(
+            f"params.yaml: deploy.gate.metric must name a test metric (metrics.json), got "
+            f"{gate.metric!r}; the metrics are {', '.join(HIGHER_IS_BETTER)}"
+        )
+    return upwards
+
+
 def compare(candidate: dict[str, str], live: dict[str, str], gate: GateParams) -> tuple[bool, str]:
     """(no worse?, why): the new model's gate metric against the live one's, on the same data."""
     metric = gate.metric
@@ -381,7 +394,7 @@ def compare(candidate: dict[str, str], live: dict[str, str], gate: GateParams) -
             f"{new_data[:12]}), so their {metric} values do not compare"
         )
     new_value = float(new_metrics[metric])
-    if gate.higher_is_better:
+    if gate_improves_upwards(gate):
         worse = new_value < live_value - gate.tolerance
     else:
         worse = new_value > live_value + gate.tolerance
@@ -962,6 +975,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--prometheus-url must be an http(s) URL, got {args.prometheus_url!r}")
     raw = load_params(args.params)
     deploy_settings = deploy_params(raw)
+    gate_improves_upwards(deploy_settings.gate)  # a metric the pipeline does not compute: now
     canary = None
     if args.canary:
         canary = CanaryPlan(deploy_settings.canary, monitoring_params(raw), args.prometheus_url)

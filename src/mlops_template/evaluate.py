@@ -18,7 +18,21 @@ if TYPE_CHECKING:
     import pandas as pd
     from sklearn.pipeline import Pipeline
 
+# Metrics, curve points, importances and the package's reference statistics are rounded to this
+# many decimals; the report treats smaller differences as noise.
 DECIMALS = 6
+# Every metric `compute_metrics` returns, and whether a higher value is better. The report's
+# better/worse marks and the deploy gate (`deploy.gate.metric` picks one) read it: a new metric is
+# added here and in `compute_metrics` together.
+HIGHER_IS_BETTER: dict[str, bool] = {
+    "accuracy": True,
+    "balanced_accuracy": True,
+    "f1_macro": True,
+    "precision_macro": True,
+    "recall_macro": True,
+    "roc_auc": True,
+    "log_loss": False,
+}
 # Curve files keep at most this many points whatever the size of the test split, so that
 # `dvc plots` and a pull-request comment can show them (docs/architecture.md, "Bounded outputs").
 MAX_CURVE_POINTS = 1000
@@ -108,6 +122,15 @@ def undefined_metrics(reasons: dict[str, str], actual: np.ndarray, classes: list
 def _classes(labels: list[str]) -> str:
     names = ", ".join(repr(str(label)) for label in labels)
     return f"class {names} has" if len(labels) == 1 else f"classes {names} have"
+
+
+def higher_is_better(metric: str) -> bool | None:
+    """Whether a higher value of `metric` is better; None for a metric not in HIGHER_IS_BETTER.
+
+    The last part of a qualified name decides: `log_loss`, `val.log_loss`, `metrics.json: log_loss`.
+    """
+    name = metric.rsplit(":", 1)[-1].rsplit(".", 1)[-1].strip()
+    return HIGHER_IS_BETTER.get(name)
 
 
 def spaced(length: int, points: int) -> np.ndarray:

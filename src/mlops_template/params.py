@@ -281,8 +281,7 @@ def load_test_params(raw: dict[str, Any]) -> LoadTestParams:
 class GateParams:
     """When a new model may replace the live one (`mlops deploy`)."""
 
-    metric: str
-    higher_is_better: bool
+    metric: str  # which way it improves is evaluate.HIGHER_IS_BETTER's, not a param
     tolerance: float
 
 
@@ -310,6 +309,12 @@ def deploy_params(raw: dict[str, Any]) -> DeployParams:
     metric = _get(gate, "deploy.gate", "metric", str).strip()
     if not metric:
         raise UserError("params.yaml: deploy.gate.metric must name a test metric (metrics.json)")
+    if "higher_is_better" in gate:
+        raise UserError(
+            "params.yaml: deploy.gate.higher_is_better is no longer read: which way a metric "
+            "improves is said once, beside the metric, in evaluate.py (HIGHER_IS_BETTER); "
+            "remove the key"
+        )
     tolerance = _get(gate, "deploy.gate", "tolerance", (int, float))
     if not 0 <= tolerance < math.inf:
         raise UserError(f"params.yaml: deploy.gate.tolerance must be 0 or more, got {tolerance}")
@@ -328,7 +333,6 @@ def deploy_params(raw: dict[str, Any]) -> DeployParams:
     return DeployParams(
         gate=GateParams(
             metric=metric,
-            higher_is_better=_get(gate, "deploy.gate", "higher_is_better", bool),
             tolerance=float(tolerance),
         ),
         canary=CanaryParams(

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from mlops_template.errors import UserError
+from mlops_template.evaluate import DECIMALS, higher_is_better
 from mlops_template.plots import IMAGE_NAMES
 from mlops_template.serving import contract
 
@@ -32,8 +33,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_OUT = Path("report.md")
 WORKSPACE = "workspace"  # DVC's name for the working tree in diff and show results
-DECIMALS = 6  # metrics.json is rounded to 6 decimals, so smaller differences are noise
-# Metrics whose name ends like this improve downwards (log_loss); every other one upwards.
+# A metric the pipeline does not define (one of another metrics file) whose name ends like this
+# improves downwards; every other one upwards. The pipeline's own say it in HIGHER_IS_BETTER.
 LOWER_IS_BETTER_SUFFIXES = ("loss", "error")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg")
 IMAGE_TITLES = {"roc": "ROC", "precision_recall": "Precision-recall"}
@@ -77,8 +78,11 @@ class Comparison:
 
 
 def lower_is_better(metric: str) -> bool:
-    """Whether a smaller value of this metric is an improvement (losses and errors)."""
-    # The last part decides: `log_loss`, `val.log_loss` and `scores.json: log_loss` alike.
+    """Whether a smaller value of this metric is an improvement: as evaluate.HIGHER_IS_BETTER
+    says for the pipeline's metrics, by a loss or error ending for those of other files."""
+    known = higher_is_better(metric)
+    if known is not None:
+        return not known
     return metric.strip().lower().endswith(LOWER_IS_BETTER_SUFFIXES)
 
 

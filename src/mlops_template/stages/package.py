@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlops_template.errors import UserError
+from mlops_template.evaluate import DECIMALS
 from mlops_template.files import atomic_directory, check_writable, read_json, sha256, write_json
 from mlops_template.manifest import package_manifest
 from mlops_template.params import DEFAULT_PARAMS, load_params, package_params, train_params
@@ -168,7 +169,6 @@ def serving_sources() -> list[Path]:
 
 # Deciles: ten bins of about a tenth of the training values each, for the input drift metrics.
 BIN_QUANTILES = tuple(round(0.1 * step, 1) for step in range(1, 10))
-DECIMALS = 6
 
 
 def training_reference(
