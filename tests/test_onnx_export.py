@@ -121,7 +121,7 @@ def test_parity_rows_reach_the_edges(penguins) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda p: p.steps.append(("extra", p.steps[-1][1])), "two-step"),
+        (lambda p: p.steps.append(("extra", p.steps[-1][1])), r"step\(s\) \['extra'\]"),
         (
             lambda p: setattr(
                 p[0].named_transformers_["categorical"][-1], "handle_unknown", "error"
@@ -137,3 +137,48 @@ def test_a_pipeline_it_cannot_translate_exactly_is_refused(penguins, change, mes
     change(pipeline)
     with pytest.raises(onnx_export.ConversionError, match=message):
         onnx_export.to_onnx(pipeline, schema)
+
+
+def with_added_numeric_step(schema: dict, train: pd.DataFrame, labels: Any, model: str):
+    """model.py's pipeline with one more numeric step, as a user adds one there, fitted."""
+    from sklearn.preprocessing import PolynomialFeatures
+
+    params = TrainParams(model=model, random_state=42, hyperparameters=CASES[model])
+    pipeline = build_pipeline(schema, build_estimator(params))
+    numeric = pipeline.named_steps["preprocess"].transformers[0][1]
+    numeric.steps.insert(1, ("square", PolynomialFeatures(degree=2, include_bias=False)))
+    return pipeline.fit(train, labels)
+
+
+def test_a_step_the_export_does_not_translate_is_named_in_one_line(
+    penguins, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import joblib
+
+    from mlops_template.errors import UserError
+    from mlops_template.stages.package import onnx_model
+
+    schema, train, labels, test = penguins
+    pipeline = with_added_numeric_step(schema, train, labels, "random_forest")
+    with pytest.raises(onnx_export.ConversionError, match=r"numeric preprocessing has the step"):
+        onnx_export.to_onnx(pipeline, schema)
+    joblib.dump(pipeline, tmp_path / "model.joblib")
+    with pytest.raises(UserError, match=r"package.runtime is onnx, but .*\['square'\]"):
+        onnx_model(tmp_path / "model.joblib", schema, train, test, "onnx")
+    with caplog.at_level("WARNING"):
+        model, _ = onnx_model(tmp_path / "model.joblib", schema, train, test, "auto")
+    assert model is None
+    [line] = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert "joblib" in line
+    assert "['square']" in line
+
+
+@pytest.mark.parametrize("model", ["random_forest", "logistic_regression"])
+def test_evaluation_takes_an_added_step_without_a_traceback(penguins, model: str) -> None:
+    from mlops_template.evaluate import evaluate
+
+    schema, train, labels, _ = penguins
+    pipeline = with_added_numeric_step(schema, train, labels, model)
+    evaluation = evaluate(pipeline, schema, train, labels, random_state=0, importance_rows=200)
+    assert evaluation.importance_method == "permutation"
+    assert sorted(evaluation.importance["feature"]) == sorted(train.columns)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from collections.abc import Callable
@@ -12,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 from mlops_template.dataset import CATEGORICAL, NUMERIC, feature_names
 from mlops_template.errors import UserError
 from mlops_template.params import DEFAULT_IMPORTANCE_ROWS
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -183,15 +186,23 @@ def confusion_counts(actual: np.ndarray, predicted: np.ndarray, classes: list[st
     )
 
 
-def source_columns(pipeline: Pipeline, schema: dict[str, Any]) -> list[str]:
-    """The raw column behind each column the estimator sees (one-hot levels map to their column)."""
+def source_columns(pipeline: Pipeline, schema: dict[str, Any]) -> list[str] | None:
+    """The raw column behind each column the estimator sees (one-hot levels map to their column),
+    or None when the preprocessing is not the one model.py builds (a step added or renamed)."""
+    from mlops_template.model import CATEGORICAL_COLUMNS, ENCODE, PREPROCESS
+
     sources = feature_names(schema, NUMERIC)
     categorical = feature_names(schema, CATEGORICAL)
-    if categorical:
-        encoder = pipeline.named_steps["preprocess"].named_transformers_["categorical"]["encode"]
-        for name, levels in zip(categorical, encoder.categories_, strict=True):
-            sources.extend([name] * len(levels))
-    return sources
+    try:
+        if categorical:
+            preprocess = pipeline.named_steps[PREPROCESS]
+            encoder = preprocess.named_transformers_[CATEGORICAL_COLUMNS][ENCODE]
+            for name, levels in zip(categorical, encoder.categories_, strict=True):
+                sources.extend([name] * len(levels))
+        width = len(pipeline[:-1].get_feature_names_out())
+    except (KeyError, AttributeError, TypeError, ValueError):
+        return None
+    return sources if len(sources) == width else None
 
 
 def feature_importance(
@@ -206,9 +217,17 @@ def feature_importance(
     on a seeded sample of at most `max_rows` test rows."""
     import pandas as pd
 
-    estimator = pipeline.named_steps["model"]
-    if hasattr(estimator, "feature_importances_"):
-        values = pd.Series(estimator.feature_importances_, index=source_columns(pipeline, schema))
+    estimator = pipeline[-1]
+    own = hasattr(estimator, "feature_importances_")
+    sources = source_columns(pipeline, schema) if own else None
+    if own and sources is None:
+        log.warning(
+            "feature importance: the preprocessing is not model.py's columns -> one-hot levels, "
+            "so the model's own importances cannot be mapped to raw columns; using permutation "
+            "importance"
+        )
+    if sources is not None:
+        values = pd.Series(estimator.feature_importances_, index=sources)
         values = values.groupby(level=0, sort=False).sum()
         method = "impurity"
     else:

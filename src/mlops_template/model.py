@@ -11,6 +11,12 @@ from mlops_template.params import TrainParams
 
 # What the categorical imputer puts in place of a missing value: a level of its own.
 MISSING_LEVEL = "missing"
+# The pipeline's step names. The ONNX export (onnx_export.py) and feature importance
+# (evaluate.py) find the preprocessing by them. A step the export does not translate is named by
+# the package stage in one line, and the model is then served with joblib.
+PREPROCESS, ESTIMATOR = "preprocess", "model"
+NUMERIC_COLUMNS, CATEGORICAL_COLUMNS = "numeric", "categorical"
+IMPUTE, SCALE, ENCODE = "impute", "scale", "encode"
 
 if TYPE_CHECKING:
     from sklearn.base import ClassifierMixin
@@ -52,22 +58,22 @@ def build_pipeline(schema: dict[str, Any], estimator: ClassifierMixin) -> Pipeli
     numeric = Pipeline(
         [
             # keep_empty_features: an all-missing column must not shift the feature count.
-            ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
-            ("scale", StandardScaler()),
+            (IMPUTE, SimpleImputer(strategy="median", keep_empty_features=True)),
+            (SCALE, StandardScaler()),
         ]
     )
     # Missing is its own level; levels never seen in training encode as all zeros.
     categorical = Pipeline(
         [
-            ("impute", SimpleImputer(strategy="constant", fill_value=MISSING_LEVEL)),
-            ("encode", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
+            (IMPUTE, SimpleImputer(strategy="constant", fill_value=MISSING_LEVEL)),
+            (ENCODE, OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
         ]
     )
     preprocess = ColumnTransformer(
         [
-            ("numeric", numeric, feature_names(schema, NUMERIC)),
-            ("categorical", categorical, feature_names(schema, CATEGORICAL)),
+            (NUMERIC_COLUMNS, numeric, feature_names(schema, NUMERIC)),
+            (CATEGORICAL_COLUMNS, categorical, feature_names(schema, CATEGORICAL)),
         ],
         verbose_feature_names_out=False,
     )
-    return Pipeline([("preprocess", preprocess), ("model", estimator)])
+    return Pipeline([(PREPROCESS, preprocess), (ESTIMATOR, estimator)])

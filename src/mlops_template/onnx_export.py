@@ -112,13 +112,28 @@ class Graph:
         self.nodes.append(helper.make_node("Identity", [source], [name]))
 
 
+def step_names(pipeline: Any) -> list[str]:
+    """The names of a Pipeline's steps ([] for anything else)."""
+    return [name for name, _ in getattr(pipeline, "steps", [])]
+
+
+def _check_steps(names: list[str], expected: list[str], where: str) -> None:
+    """ConversionError naming the first step the export does not translate, if any."""
+    if names != expected:
+        extra = [name for name in names if name not in expected] or names
+        raise ConversionError(
+            f"the {where} has the step(s) {extra} (steps {names}); the ONNX export translates "
+            f"{expected} only"
+        )
+
+
 def _named_steps(pipeline: Any) -> tuple[Any, Any]:
     """(preprocessing ColumnTransformer, estimator) of the template's pipeline."""
     from sklearn.compose import ColumnTransformer
-    from sklearn.pipeline import Pipeline
 
-    if not isinstance(pipeline, Pipeline) or len(pipeline.steps) != 2:
-        raise ConversionError("the model is not a two-step (preprocess, estimator) Pipeline")
+    from mlops_template.model import ESTIMATOR, PREPROCESS
+
+    _check_steps(step_names(pipeline), [PREPROCESS, ESTIMATOR], "pipeline")
     preprocess, estimator = pipeline.steps[0][1], pipeline.steps[1][1]
     if not isinstance(preprocess, ColumnTransformer):
         raise ConversionError("the preprocessing step is not a ColumnTransformer")
@@ -131,10 +146,11 @@ def _transformers(preprocess: Any, schema: dict[str, Any]) -> tuple[Any, Any]:
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
     from mlops_template.dataset import CATEGORICAL, NUMERIC, feature_names
+    from mlops_template.model import CATEGORICAL_COLUMNS, ENCODE, IMPUTE, NUMERIC_COLUMNS, SCALE
 
     expected = {
-        "numeric": feature_names(schema, NUMERIC),
-        "categorical": feature_names(schema, CATEGORICAL),
+        NUMERIC_COLUMNS: feature_names(schema, NUMERIC),
+        CATEGORICAL_COLUMNS: feature_names(schema, CATEGORICAL),
     }
     fitted = {
         name: (transformer, list(columns))
@@ -147,9 +163,12 @@ def _transformers(preprocess: Any, schema: dict[str, Any]) -> tuple[Any, Any]:
             continue
         if name not in fitted or fitted[name][1] != columns:
             raise ConversionError(f"the {name} columns are not {columns}")
-        steps = dict(fitted[name][0].steps)
-        if name == "numeric":
-            imputer, scaler = steps.get("impute"), steps.get("scale")
+        transformer = fitted[name][0]
+        wanted = [IMPUTE, SCALE] if name == NUMERIC_COLUMNS else [IMPUTE, ENCODE]
+        _check_steps(step_names(transformer), wanted, f"{name} preprocessing")
+        steps = dict(transformer.steps)
+        if name == NUMERIC_COLUMNS:
+            imputer, scaler = steps.get(IMPUTE), steps.get(SCALE)
             if not isinstance(imputer, SimpleImputer) or not isinstance(scaler, StandardScaler):
                 raise ConversionError("numeric preprocessing is not SimpleImputer + StandardScaler")
             if not (isinstance(imputer.missing_values, float) and np.isnan(imputer.missing_values)):
@@ -158,7 +177,7 @@ def _transformers(preprocess: Any, schema: dict[str, Any]) -> tuple[Any, Any]:
                 raise ConversionError("the numeric imputer adds indicator columns")
             numeric = (imputer, scaler)
         else:
-            imputer, encoder = steps.get("impute"), steps.get("encode")
+            imputer, encoder = steps.get(IMPUTE), steps.get(ENCODE)
             if not isinstance(imputer, SimpleImputer) or not isinstance(encoder, OneHotEncoder):
                 raise ConversionError(
                     "categorical preprocessing is not SimpleImputer + OneHotEncoder"
@@ -477,11 +496,13 @@ def feeds(frame: pd.DataFrame, schema: dict[str, Any], fill_value: str) -> dict[
 
 def fill_value(pipeline: Pipeline) -> str:
     """What the categorical imputer fills missing text with (what the server sends for null)."""
+    from mlops_template.model import CATEGORICAL_COLUMNS, IMPUTE, MISSING_LEVEL
+
     preprocess, _ = _named_steps(pipeline)
     for name, transformer, _columns in preprocess.transformers_:
-        if name == "categorical":
-            return str(dict(transformer.steps)["impute"].fill_value)
-    return "missing"
+        if name == CATEGORICAL_COLUMNS:
+            return str(dict(transformer.steps)[IMPUTE].fill_value)
+    return MISSING_LEVEL
 
 
 def check_parity(
