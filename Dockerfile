@@ -23,11 +23,8 @@ ENV VIRTUAL_ENV=/opt/venv \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
-    SERVE_HOST=0.0.0.0 \
-    GUNICORN_WORKERS=2 \
-    GUNICORN_THREADS=1 \
-    GRPC_WORKERS=1 \
-    GRPC_THREADS=1
+    SERVE_HOST=0.0.0.0
+# Workers and threads: serve.py's defaults (2 x 1); the SeldonDeployment sets them per pod.
 
 WORKDIR /app
 

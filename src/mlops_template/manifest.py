@@ -11,6 +11,7 @@ import argparse
 import logging
 import re
 import sys
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -88,22 +89,43 @@ def check_at_least(value: int, minimum: int, what: str) -> None:
         raise UserError(f"{what} must be a whole number of at least {minimum}, got {value!r}")
 
 
+@dataclass(frozen=True)
+class Settings:
+    """What a SeldonDeployment is rendered with, and the defaults of `mlops manifest`'s options."""
+
+    name: str = "classifier"
+    namespace: str = "default"
+    replicas: int = 2  # the HPA's minimum
+    max_replicas: int = 4  # the HPA's maximum
+    cpu_request: str = "1"
+    cpu_limit: str = "2"
+    memory_request: str = "512Mi"
+    memory_limit: str = "1Gi"
+    target_cpu_utilization: int = 70  # the HPA's target, percent of the request
+    workers: int = 2  # gunicorn workers per pod, one per core of cpu_limit
+    threads: int = 1  # threads per gunicorn worker
+    grpc: bool = False
+
+
+DEFAULTS = Settings()
+
+
 def render_seldon_deployment(
     image: str,
-    name: str = "classifier",
-    namespace: str = "default",
-    replicas: int = 2,
-    max_replicas: int = 4,
-    cpu_request: str = "1",
-    cpu_limit: str = "2",
-    memory_request: str = "512Mi",
-    memory_limit: str = "1Gi",
-    target_cpu_utilization: int = 70,
-    workers: int = 2,
-    threads: int = 1,
+    name: str = DEFAULTS.name,
+    namespace: str = DEFAULTS.namespace,
+    replicas: int = DEFAULTS.replicas,
+    max_replicas: int = DEFAULTS.max_replicas,
+    cpu_request: str = DEFAULTS.cpu_request,
+    cpu_limit: str = DEFAULTS.cpu_limit,
+    memory_request: str = DEFAULTS.memory_request,
+    memory_limit: str = DEFAULTS.memory_limit,
+    target_cpu_utilization: int = DEFAULTS.target_cpu_utilization,
+    workers: int = DEFAULTS.workers,
+    threads: int = DEFAULTS.threads,
     model: PackageMetadata | None = None,
     git_commit: str | None = None,
-    grpc: bool = False,
+    grpc: bool = DEFAULTS.grpc,
 ) -> dict[str, Any]:
     """Build a SeldonDeployment (v1) for the serving image; raise UserError on a bad argument.
 
@@ -263,19 +285,30 @@ def read_package(package_dir: Path) -> PackageMetadata:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the command's options."""
     parser.add_argument("--image", required=True, help="image reference, e.g. ghcr.io/ORG/REPO:TAG")
-    parser.add_argument("--name", default="classifier", help="SeldonDeployment name")
-    parser.add_argument("--namespace", default="default", help="Kubernetes namespace")
-    parser.add_argument("--replicas", type=int, default=2, help="replicas (the HPA's minimum)")
-    parser.add_argument("--max-replicas", type=int, default=4, help="the HPA's maximum")
-    parser.add_argument("--cpu-request", default="1")
-    parser.add_argument("--cpu-limit", default="2")
-    parser.add_argument("--memory-request", default="512Mi")
-    parser.add_argument("--memory-limit", default="1Gi")
+    parser.add_argument("--name", default=DEFAULTS.name, help="SeldonDeployment name")
+    parser.add_argument("--namespace", default=DEFAULTS.namespace, help="Kubernetes namespace")
     parser.add_argument(
-        "--target-cpu-utilization", type=int, default=70, help="HPA target, percent of request"
+        "--replicas", type=int, default=DEFAULTS.replicas, help="replicas (the HPA's minimum)"
     )
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers per pod")
-    parser.add_argument("--threads", type=int, default=1, help="threads per gunicorn worker")
+    parser.add_argument(
+        "--max-replicas", type=int, default=DEFAULTS.max_replicas, help="the HPA's maximum"
+    )
+    parser.add_argument("--cpu-request", default=DEFAULTS.cpu_request)
+    parser.add_argument("--cpu-limit", default=DEFAULTS.cpu_limit)
+    parser.add_argument("--memory-request", default=DEFAULTS.memory_request)
+    parser.add_argument("--memory-limit", default=DEFAULTS.memory_limit)
+    parser.add_argument(
+        "--target-cpu-utilization",
+        type=int,
+        default=DEFAULTS.target_cpu_utilization,
+        help="HPA target, percent of request",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=DEFAULTS.workers, help="gunicorn workers per pod"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=DEFAULTS.threads, help="threads per gunicorn worker"
+    )
     parser.add_argument(
         "--package",
         type=Path,
@@ -305,7 +338,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--grpc",
         action=argparse.BooleanOptionalAction,
-        default=False,
+        default=DEFAULTS.grpc,
         help="also start the model's gRPC server (default: off; protobuf 3.x advisory, "
         "docs/serving.md)",
     )
@@ -318,22 +351,9 @@ def run(args: argparse.Namespace) -> int:
     from mlops_template.files import write_text
 
     metadata = read_package(args.package)
+    chosen = {setting.name: getattr(args, setting.name) for setting in fields(Settings)}
     manifest = render_seldon_deployment(
-        image=args.image,
-        name=args.name,
-        namespace=args.namespace,
-        replicas=args.replicas,
-        max_replicas=args.max_replicas,
-        cpu_request=args.cpu_request,
-        cpu_limit=args.cpu_limit,
-        memory_request=args.memory_request,
-        memory_limit=args.memory_limit,
-        target_cpu_utilization=args.target_cpu_utilization,
-        workers=args.workers,
-        threads=args.threads,
-        model=metadata,
-        git_commit=args.git_commit,
-        grpc=args.grpc,
+        image=args.image, model=metadata, git_commit=args.git_commit, **chosen
     )
     documents = [manifest]
     if args.monitoring:
