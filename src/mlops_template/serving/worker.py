@@ -41,6 +41,7 @@ import werkzeug.exceptions
 from gunicorn import util
 from gunicorn.http.unreader import SocketUnreader
 from gunicorn.workers import gthread
+from seldon_core.flask_utils import SeldonMicroserviceException
 
 logger = logging.getLogger(__name__)
 
@@ -78,10 +79,10 @@ def timeout_message(seconds: float) -> str:
 
 
 def error_response(status: int, reason: str, message: str) -> bytes:
-    """A complete HTTP response in the server's JSON error form, closing the connection."""
-    body = json.dumps(
-        {"status": {"status": 1, "info": message, "code": -1, "reason": reason}}
-    ).encode()
+    """A complete HTTP response in the server's JSON error form (Seldon's), closing the
+    connection."""
+    error = SeldonMicroserviceException(message, status_code=status, reason=reason)
+    body = json.dumps(error.to_dict()).encode()
     head = (
         f"HTTP/1.1 {status} {reason.replace('_', ' ').title()}\r\n"
         "Connection: close\r\nContent-Type: application/json\r\n"
@@ -265,8 +266,7 @@ class BoundedWorker(gthread.ThreadWorker):
         conn.data_ready = True
         if not conn.initialized:
             conn.init()
-            unreader = DeadlineUnreader(conn.sock, self.request_timeout)
-            conn.parser.unreader = unreader
+            conn.parser.unreader = DeadlineUnreader(conn.sock, self.request_timeout)
         unreader = conn.parser.unreader
         unreader.unread(bytes(conn.arrived))
         conn.arrived = bytearray()
